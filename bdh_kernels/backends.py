@@ -1,0 +1,115 @@
+"""Backend discovery and selection, shared by every op.
+
+``reference`` (pure PyTorch) is always there. ``cpp`` is the compiled C++ extension (CPU tensors),
+``cuda`` the same extension built with CUDA (CUDA tensors), ``triton`` the Triton kernels (CUDA tensors;
+CPU tensors too under ``TRITON_INTERPRET=1``, for tests). ``backend=None`` picks the first available for
+the tensor's device in :data:`PREFERENCE`; ``BDH_KERNELS_BACKEND`` replaces that automatic choice for
+every call that does not name a backend. Nothing falls back silently: a backend that was asked for and
+cannot run raises an error that says why and how to fix it.
+"""
+import functools
+import importlib.util
+import logging
+import os
+from typing import List, Optional
+
+import torch
+
+BACKENDS = ("triton", "cuda", "cpp", "reference")
+PREFERENCE = {"cuda": ("triton", "cuda", "reference"), "cpu": ("cpp", "reference")}
+ENV_VAR = "BDH_KERNELS_BACKEND"
+
+log = logging.getLogger("bdh_kernels")
+
+
+@functools.lru_cache(maxsize=None)
+def extension_error() -> Optional[str]:
+    """None when the compiled extension loads, else the reason it does not."""
+    try:
+        from . import _C  # noqa: F401  (registers torch.ops.bdh.*)
+    except ImportError as e:
+        return (
+            f"the compiled extension bdh_kernels._C is not importable ({e}); build it with "
+            "`pip install --no-build-isolation -e .` against the torch you run"
+        )
+    return None
+
+
+@functools.lru_cache(maxsize=None)
+def extension_has_cuda() -> bool:
+    return extension_error() is None and torch.ops.bdh.built_with_cuda()
+
+
+def triton_interpreted() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+@functools.lru_cache(maxsize=None)
+def triton_error() -> Optional[str]:
+    if importlib.util.find_spec("triton") is None:
+        return "Triton is not installed (`pip install triton`)"
+    return None
+
+
+def unavailable_reason(backend: str, device: torch.device) -> Optional[str]:
+    """Why ``backend`` cannot run on ``device`` now, or None when it can."""
+    if backend == "reference":
+        return None
+    if backend == "cpp":
+        if device.type != "cpu":
+            return f"the cpp backend runs on CPU tensors, got a {device.type} tensor (use cuda or triton)"
+        return extension_error()
+    if backend == "cuda":
+        if device.type != "cuda":
+            return f"the cuda backend runs on CUDA tensors, got a {device.type} tensor (use cpp)"
+        if extension_error():
+            return extension_error()
+        if not extension_has_cuda():
+            return (
+                "bdh_kernels._C was built without CUDA; rebuild with a CUDA build of torch and nvcc "
+                "(BDH_KERNELS_BUILD_CUDA=1 pip install --no-build-isolation -e .)"
+            )
+        return None
+    if backend == "triton":
+        if triton_error():
+            return triton_error()
+        if device.type == "cuda" or (device.type == "cpu" and triton_interpreted()):
+            return None
+        return (
+            f"the triton backend runs on CUDA tensors (or on CPU tensors with TRITON_INTERPRET=1 set "
+            f"before triton is imported), got a {device.type} tensor"
+        )
+    raise ValueError(f"backend must be one of {BACKENDS} or None, got {backend!r}")
+
+
+def available_backends(device="cpu") -> List[str]:
+    """The backends that can run on ``device`` here, in the order ``backend=None`` tries them."""
+    device = torch.device(device)
+    order = PREFERENCE.get(device.type, ("reference",))
+    if device.type == "cpu" and triton_interpreted():
+        order = order + ("triton",)
+    return [b for b in order if unavailable_reason(b, device) is None]
+
+
+_announced = set()
+
+
+def select(op: str, device: torch.device, requested: Optional[str]) -> str:
+    """Resolve the backend for one call of ``op`` on ``device``; raise if the requested one cannot run."""
+    source = "backend"
+    if requested is None and os.environ.get(ENV_VAR):
+        requested, source = os.environ[ENV_VAR], ENV_VAR
+    if requested is None:
+        choice = next(b for b in PREFERENCE.get(device.type, ("reference",))
+                      if unavailable_reason(b, device) is None)
+    else:
+        if requested not in BACKENDS:
+            raise ValueError(f"{source} must be one of {BACKENDS} or None, got {requested!r}")
+        reason = unavailable_reason(requested, device)
+        if reason:
+            raise ValueError(f"{source}={requested!r} is unavailable for {op}: {reason}")
+        choice = requested
+    if (op, device.type, choice) not in _announced:
+        _announced.add((op, device.type, choice))
+        log.info("bdh_kernels.%s: %s backend on %s tensors", op, choice, device.type)
+    return choice
