@@ -7,10 +7,10 @@ the tensor's device in :data:`PREFERENCE`; ``BDH_KERNELS_BACKEND`` replaces that
 every call that does not name a backend. Nothing falls back silently: a backend that was asked for and
 cannot run raises an error that says why and how to fix it.
 """
-import functools
 import importlib.util
 import logging
 import os
+import sys
 from typing import List, Optional
 
 import torch
@@ -22,12 +22,10 @@ ENV_VAR = "BDH_KERNELS_BACKEND"
 log = logging.getLogger("bdh_kernels")
 
 
-@functools.lru_cache(maxsize=None)
-def extension_error() -> Optional[str]:
-    """None when the compiled extension loads, else the reason it does not."""
+def _load_extension() -> Optional[str]:
     try:
         from . import _C  # noqa: F401  (registers torch.ops.bdh.*)
-    except ImportError as e:
+    except (ImportError, OSError) as e:  # not built, or built against another torch (undefined symbols)
         return (
             f"the compiled extension bdh_kernels._C is not importable ({e}); build it with "
             "`pip install --no-build-isolation -e .` against the torch you run"
@@ -35,20 +33,34 @@ def extension_error() -> Optional[str]:
     return None
 
 
-@functools.lru_cache(maxsize=None)
+# Probed once at import: plain values, so torch.compile traces the checks below without caches.
+_EXTENSION_ERROR = _load_extension()
+_EXTENSION_HAS_CUDA = _EXTENSION_ERROR is None and torch.ops.bdh.built_with_cuda()
+_TRITON_ERROR = None if importlib.util.find_spec("triton") else "Triton is not installed (`pip install triton`)"
+
+
+def extension_error() -> Optional[str]:
+    """None when the compiled extension loads, else the reason it does not."""
+    return _EXTENSION_ERROR
+
+
 def extension_has_cuda() -> bool:
-    return extension_error() is None and torch.ops.bdh.built_with_cuda()
+    return _EXTENSION_HAS_CUDA
+
+
+def triton_error() -> Optional[str]:
+    return _TRITON_ERROR
 
 
 def triton_interpreted() -> bool:
+    """Whether Triton kernels run under the interpreter (on CPU tensors).
+
+    Triton reads TRITON_INTERPRET when the kernels are defined, so once they are, ask them.
+    """
+    kernels = sys.modules.get("bdh_kernels.triton.lif")
+    if kernels is not None:
+        return kernels.interpreted()
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
-
-
-@functools.lru_cache(maxsize=None)
-def triton_error() -> Optional[str]:
-    if importlib.util.find_spec("triton") is None:
-        return "Triton is not installed (`pip install triton`)"
-    return None
 
 
 def unavailable_reason(backend: str, device: torch.device) -> Optional[str]:
@@ -109,7 +121,8 @@ def select(op: str, device: torch.device, requested: Optional[str]) -> str:
         if reason:
             raise ValueError(f"{source}={requested!r} is unavailable for {op}: {reason}")
         choice = requested
-    if (op, device.type, choice) not in _announced:
+    # the once-per-process log line is skipped while torch.compile traces (logging would break the graph)
+    if not torch.compiler.is_compiling() and (op, device.type, choice) not in _announced:
         _announced.add((op, device.type, choice))
         log.info("bdh_kernels.%s: %s backend on %s tensors", op, choice, device.type)
     return choice

@@ -123,6 +123,15 @@ def register_lif_ops(forward_op, backward_op):
 _registered = set()
 
 
+def _register_runnable_backends():
+    """Register the ops of every backend that can run here at import, not on first call, so that a
+    first call under torch.compile finds them ready (registration cannot happen inside a traced graph)."""
+    if backends.extension_error() is None:
+        _ops("cpp")
+    if backends.triton_error() is None and (torch.cuda.is_available() or backends.triton_interpreted()):
+        _ops("triton")
+
+
 def _ops(backend: str):
     """The (forward, backward) custom ops of a compiled backend, registered on first use."""
     if backend in ("cpp", "cuda"):
@@ -297,3 +306,6 @@ def lif(
         v = v.view(state_shape)
         i = i.view(state_shape) if tau_syn is not None else None
     return (out, LIFState(v, i)) if return_state else out
+
+
+_register_runnable_backends()

@@ -13,7 +13,7 @@
 #ifdef __CUDACC__
 #define BDH_HD __host__ __device__ __forceinline__
 #else
-#define BDH_HD inline
+#define BDH_HD inline __attribute__((always_inline))
 #endif
 
 namespace bdh {
@@ -28,7 +28,7 @@ BDH_HD float surrogate_exp(float a) {
 #ifdef __CUDA_ARCH__
   return expf(a);
 #else
-  a = std::fmin(std::fmax(a, -87.3f), 88.3f);
+  a = a < -87.3f ? -87.3f : (a > 88.3f ? 88.3f : a);
   // round to nearest by the 1.5 * 2^23 trick: vectorises without SSE4.1's roundps
   float n = (a * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
   float r = a - n * 0.693359375f;
@@ -40,11 +40,11 @@ BDH_HD float surrogate_exp(float a) {
   p = p * r + 1.6666665459e-1f;
   p = p * r + 5.0000001201e-1f;
   p = p * r * r + r + 1.0f;
-  int32_t e = static_cast<int32_t>(n) + 127;
-  int32_t bits = e << 23;
-  float scale;
-  __builtin_memcpy(&scale, &bits, sizeof(scale));
-  return p * scale;
+  union {
+    int32_t i;
+    float f;
+  } scale = {(static_cast<int32_t>(n) + 127) << 23};  // 2^n, built in the exponent bits
+  return p * scale.f;
 #endif
 }
 
@@ -75,6 +75,9 @@ BDH_HD T surrogate_grad(T z, T alpha) {
 template <typename T>
 struct LifStep {
   T k, a_syn, v_rest, v_th, v_reset, alpha;
+  // Backward factors: dh/du (k with decay_input, else 1); dv/ds = hard_grad * (v_reset - h) + soft_grad;
+  // hard_keep = 1 when a spike cuts dv/dh (hard reset); gate = 1 for gated output.
+  T k_in, hard_grad, soft_grad, hard_keep, gate;
   bool hard, decay_input, syn, gated, detach_reset;
 
   BDH_HD T current(T i, T x) const { return i * a_syn + x; }
@@ -91,19 +94,18 @@ struct LifStep {
   // updated to the gradients reaching v_{t-1} and i_{t-1}.
   template <int S>
   BDH_HD T backward(T x, T h, T grad_out, T& gv, T& gi) const {
-    T z = h - v_th;
-    bool s = z >= T(0);
-    T dv_ds = detach_reset ? T(0) : (hard ? v_reset - h : -v_th);
-    T gs = grad_out * (gated ? (x > T(0) ? x : T(0)) : T(1)) + gv * dv_ds;
-    T gh = gs * surrogate_grad<S>(z, alpha) + (hard && s ? T(0) : gv);
-    T gu = decay_input ? gh * k : gh;
+    // Conditions enter as 0/1 factors, not branches, so that the CPU loop vectorises. Without tau_syn,
+    // gi stays 0: it starts at 0 and a_syn is 0.
+    const T z = h - v_th;
+    const T s = z >= T(0) ? T(1) : T(0);
+    const T x_pos = x > T(0) ? T(1) : T(0);
+    const T dv_ds = hard_grad * (v_reset - h) + soft_grad;
+    const T gs = grad_out * (gated ? x * x_pos : T(1)) + gv * dv_ds;
+    const T gh = gs * surrogate_grad<S>(z, alpha) + gv * (T(1) - hard_keep * s);
+    const T gx = gh * k_in + gi;
     gv = gh * (T(1) - k);
-    T gx = gu;
-    if (syn) {
-      gx = gu + gi;
-      gi = gx * a_syn;
-    }
-    return gated && s && x > T(0) ? gx + grad_out : gx;
+    gi = gx * a_syn;
+    return gx + grad_out * (gate * s * x_pos);
   }
 };
 
@@ -113,6 +115,11 @@ LifStep<T> make_step(double tau_mem, double v_threshold, std::optional<double> v
                      std::optional<double> tau_syn, bool gated, double alpha, bool detach_reset) {
   LifStep<T> p;
   p.k = static_cast<T>(1.0 / tau_mem);
+  p.k_in = decay_input ? p.k : T(1);
+  p.hard_grad = v_reset && !detach_reset ? T(1) : T(0);
+  p.soft_grad = !v_reset && !detach_reset ? static_cast<T>(-v_threshold) : T(0);
+  p.hard_keep = v_reset ? T(1) : T(0);
+  p.gate = gated ? T(1) : T(0);
   p.a_syn = static_cast<T>(tau_syn ? 1.0 - 1.0 / *tau_syn : 0.0);
   p.v_rest = static_cast<T>(v_reset ? *v_reset : 0.0);
   p.v_th = static_cast<T>(v_threshold);

@@ -36,7 +36,7 @@ void for_each_window(int64_t P, int64_t Q, F&& fn) {
 }
 
 template <typename scalar_t, typename T, bool kUnitStride>
-void forward_window(const Window& w, const at::Tensor& x, const LifStep<T>& p, const T* v_init,
+void forward_window(const Window& w, const at::Tensor& x, const LifStep<T> p, const T* v_init,
                     const T* i_init, scalar_t* out, T* v_final, T* i_final, T* v_ckpt, T* i_ckpt) {
   const int64_t T_ = x.size(1), Q = x.size(2), M = x.size(0) * Q, sT = x.stride(1);
   const int64_t sQ = kUnitStride ? 1 : x.stride(2);
@@ -71,7 +71,7 @@ void forward_window(const Window& w, const at::Tensor& x, const LifStep<T>& p, c
 }
 
 template <typename scalar_t, typename T, int S, bool kUnitStride>
-void backward_window(const Window& w, const at::Tensor& grad_out, const at::Tensor& x, const LifStep<T>& p,
+void backward_window(const Window& w, const at::Tensor& grad_out, const at::Tensor& x, const LifStep<T> p,
                      const T* grad_v, const T* grad_i, const T* v_ckpt, const T* i_ckpt, scalar_t* grad_x,
                      T* grad_v_init, T* grad_i_init) {
   const int64_t T_ = x.size(1), Q = x.size(2), M = x.size(0) * Q;

@@ -32,6 +32,7 @@ launched with ``enable_fp_fusion=False`` (no mul+add contracted into an FMA, whi
 of twice), so spikes and states are bit-identical to the reference, and the backward's recomputed
 membranes are bit-identical to the forward's, so both passes agree on every spike.
 """
+import functools
 import struct
 from contextlib import nullcontext
 
@@ -39,7 +40,6 @@ import torch
 import triton
 import triton.language as tl
 
-from .. import backends
 from ..lif import BACKWARD_SCHEMA, CHECKPOINT_EVERY, FORWARD_SCHEMA, num_checkpoints
 from ..reference import lif_constants
 
@@ -199,8 +199,8 @@ def _lif_backward_kernel(
 ):
     """LIF backward for ``BLOCK_N`` neurons: checkpointed recompute plus reverse sweep.
 
-    Per step t from T-1 down, with ``gv = dL/dv_t`` and ``gi = dL/di_t`` received from step t+1 (at
-    t = T-1: ``grad_v``, ``grad_i``)::
+    Per step t from T-1 down, with ``gv = dL/dv_t`` and ``gi`` the gradient reaching ``i_t`` from later
+    steps (both start as ``grad_v``, ``grad_i`` of the final state), as in the contract::
 
         z = h_t - v_threshold;  g = surrogate'(z);  s = 1[z >= 0]
         gs = grad_out_t * (relu(x_t) if gated else 1) + gv * dv/ds
@@ -312,6 +312,11 @@ def _f32(value: float) -> float:
     return struct.unpack("f", struct.pack("f", value))[0]
 
 
+@functools.lru_cache(maxsize=None)
+def _sm_count(device_index: int) -> int:
+    return torch.cuda.get_device_properties(device_index).multi_processor_count
+
+
 def _launch_config(num_neurons: int, device: torch.device):
     """``(BLOCK_N, num_warps)`` for ``num_neurons`` neurons.
 
@@ -323,10 +328,18 @@ def _launch_config(num_neurons: int, device: torch.device):
     """
     if device.type != "cuda":
         return 64, 1
-    sms = torch.cuda.get_device_properties(device).multi_processor_count
+    sms = _sm_count(device.index if device.index is not None else torch.cuda.current_device())
     block = triton.next_power_of_2(max(1, -(-num_neurons // (2 * sms))))
     block = max(32, min(512, block))
     return block, max(1, min(4, block // 128))
+
+
+def interpreted() -> bool:
+    # Whether the kernels were created by the interpreter: TRITON_INTERPRET is read when @triton.jit runs,
+    # i.e. when this module is imported, so setting it later does not make CPU tensors runnable.
+    from triton.runtime.interpreter import InterpretedFunction
+
+    return isinstance(_lif_forward_kernel, InterpretedFunction)
 
 
 def _check_input(x: torch.Tensor):
@@ -334,9 +347,9 @@ def _check_input(x: torch.Tensor):
         raise ValueError(f"x must be a [P, T, Q] view, got {x.dim()} dims")
     if x.dtype not in SUPPORTED_DTYPES:
         raise TypeError(f"the triton LIF kernels take fp16/bf16/fp32 input, got {x.dtype}")
-    if x.device.type != "cuda" and not (x.device.type == "cpu" and backends.triton_interpreted()):
-        raise ValueError(f"the triton LIF kernels run on CUDA tensors (CPU tensors only with "
-                         f"TRITON_INTERPRET=1), got a {x.device.type} tensor")
+    if x.device.type != "cuda" and not (x.device.type == "cpu" and interpreted()):
+        raise ValueError(f"the triton LIF kernels run on CUDA tensors (CPU tensors only with TRITON_INTERPRET=1 "
+                         f"set before bdh_kernels.triton.lif is imported), got a {x.device.type} tensor")
     if x.shape[1] == 0:
         raise ValueError("x has an empty time dim")
 
