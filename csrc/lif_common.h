@@ -90,22 +90,24 @@ struct LifStep {
 
   BDH_HD T output(T x, bool s) const { return gated ? (s && x > T(0) ? x : T(0)) : (s ? T(1) : T(0)); }
 
-  // One step of the reverse sweep. gv: dL/dv_t, gi: the gradient reaching i_t from later steps; both are
-  // updated to the gradients reaching v_{t-1} and i_{t-1}.
+  // One step of the reverse sweep. gv: dL/dv_t; gi: the gradient reaching i_t from later steps. Returns
+  // dL/dx_t and the gradients reaching v_{t-1} and i_{t-1} (by value: no aliasing for the vectoriser).
+  struct Grads {
+    T x, v, i;
+  };
+
   template <int S>
-  BDH_HD T backward(T x, T h, T grad_out, T& gv, T& gi) const {
-    // Conditions enter as 0/1 factors, not branches, so that the CPU loop vectorises. Without tau_syn,
+  BDH_HD Grads backward(T x, T h, T grad_out, T gv, T gi) const {
+    // Conditions enter as 0/1 factors, not branches or bool fields, so that the CPU loop vectorises. Without tau_syn,
     // gi stays 0: it starts at 0 and a_syn is 0.
     const T z = h - v_th;
     const T s = z >= T(0) ? T(1) : T(0);
     const T x_pos = x > T(0) ? T(1) : T(0);
     const T dv_ds = hard_grad * (v_reset - h) + soft_grad;
-    const T gs = grad_out * (gated ? x * x_pos : T(1)) + gv * dv_ds;
+    const T gs = grad_out * (gate * (x * x_pos) + (T(1) - gate)) + gv * dv_ds;  // relu(x) if gated, else 1
     const T gh = gs * surrogate_grad<S>(z, alpha) + gv * (T(1) - hard_keep * s);
     const T gx = gh * k_in + gi;
-    gv = gh * (T(1) - k);
-    gi = gx * a_syn;
-    return gx + grad_out * (gate * s * x_pos);
+    return {gx + grad_out * (gate * s * x_pos), gh * (T(1) - k), gx * a_syn};
   }
 };
 

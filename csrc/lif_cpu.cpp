@@ -112,9 +112,11 @@ void backward_window(const Window& w, const at::Tensor& grad_out, const at::Tens
       const T* ht = h_seg[t - t0];
 #pragma omp simd
       for (int64_t j = 0; j < w.nb; ++j) {
-        const T gx = p.template backward<S>(static_cast<T>(xt[j * sQ]), ht[j], static_cast<T>(gt[j * gQ]),
-                                            gv[j], gi[j]);
-        gxt[j] = static_cast<scalar_t>(gx);
+        const auto g = p.template backward<S>(static_cast<T>(xt[j * sQ]), ht[j], static_cast<T>(gt[j * gQ]),
+                                              gv[j], gi[j]);
+        gv[j] = g.v;
+        gi[j] = g.i;
+        gxt[j] = static_cast<scalar_t>(g.x);
       }
     }
   }
