@@ -11,30 +11,13 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include "cpu_windows.h"
 #include "lif_common.h"
 
 namespace bdh {
 namespace {
 
-constexpr int64_t kBlock = 64;
-
-// One task's neurons: a [T, nb] window of the [P, T, Q] view. kUnitStride: x (and grad_out) have
-// stride 1 along the neurons, so loads are contiguous and vectorise.
-struct Window {
-  int64_t p, q0, nb, n0;  // view row, first column, neurons in the block, first flat neuron index
-};
-
-template <typename F>
-void for_each_window(int64_t P, int64_t Q, F&& fn) {
-  const int64_t blocks_per_row = (Q + kBlock - 1) / kBlock;
-  at::parallel_for(0, P * blocks_per_row, 1, [&](int64_t begin, int64_t end) {
-    for (int64_t b = begin; b < end; ++b) {
-      const int64_t p = b / blocks_per_row, q0 = (b % blocks_per_row) * kBlock;
-      fn(Window{p, q0, std::min(kBlock, Q - q0), p * Q + q0});
-    }
-  });
-}
-
+// kUnitStride: x (and grad_out) have stride 1 along the neurons, so loads are contiguous and vectorise.
 template <typename scalar_t, typename T, bool kUnitStride>
 void forward_window(const Window& w, const at::Tensor& x, const LifStep<T> p, const T* v_init,
                     const T* i_init, scalar_t* out, T* v_final, T* i_final, T* v_ckpt, T* i_ckpt) {
@@ -124,11 +107,6 @@ void backward_window(const Window& w, const at::Tensor& grad_out, const at::Tens
     grad_v_init[w.n0 + j] = gv[j];
     if (p.syn) grad_i_init[w.n0 + j] = gi[j];
   }
-}
-
-template <typename T>
-const T* optional_ptr(const std::optional<at::Tensor>& t) {
-  return t ? t->const_data_ptr<T>() : nullptr;
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> lif_forward_cpu(

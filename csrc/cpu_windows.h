@@ -1,0 +1,40 @@
+// The CPU kernels' unit of work, shared by every op on the [P, T, Q] view (lif_cpu.cpp, stdp_cpu.cpp).
+//
+// OpenMP (at::parallel_for) hands out windows of kBlock contiguous neurons of one view row p; each task
+// walks the whole time loop over its window with the neurons' state in a small array (L1-resident), and
+// the loop over the window's neurons is the one the compiler vectorises.
+#pragma once
+
+#include <algorithm>
+#include <cstdint>
+#include <optional>
+
+#include <ATen/Parallel.h>
+#include <ATen/core/Tensor.h>
+
+namespace bdh {
+
+constexpr int64_t kBlock = 64;  // neurons per task: 256 B of fp32 state per array, a few cache lines
+
+// One task's neurons: a [T, nb] window of the [P, T, Q] view.
+struct Window {
+  int64_t p, q0, nb, n0;  // view row, first column, neurons in the block, first flat neuron index
+};
+
+template <typename F>
+void for_each_window(int64_t P, int64_t Q, F&& fn) {
+  const int64_t blocks_per_row = (Q + kBlock - 1) / kBlock;
+  at::parallel_for(0, P * blocks_per_row, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t b = begin; b < end; ++b) {
+      const int64_t p = b / blocks_per_row, q0 = (b % blocks_per_row) * kBlock;
+      fn(Window{p, q0, std::min(kBlock, Q - q0), p * Q + q0});
+    }
+  });
+}
+
+template <typename T>
+const T* optional_ptr(const std::optional<at::Tensor>& t) {
+  return t ? t->const_data_ptr<T>() : nullptr;
+}
+
+}  // namespace bdh
