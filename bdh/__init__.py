@@ -1,0 +1,1 @@
+"""The Hatching model (BDH with spiking neurons), its curriculum data and its trainer."""

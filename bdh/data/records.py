@@ -1,0 +1,218 @@
+"""The one record format every task uses, the byte-level prompt format, and validation.
+
+A record is what the model reads (``prompt``) and what it must write next (``target``); the loss
+covers the target only. The prompt is already laid out in the prompt format below, so training
+text is always ``prompt + target``:
+
+    Functions:                                   (function_call / tool_use only: one schema per line)
+    {"name": "get_weather", "description": ..., "parameters": {...}}
+    User: What's the weather in Paris?
+    Assistant: <function_call>{"name": "get_weather", "arguments": {"city": "Paris"}}</function_call>
+    <tool_result>{"temp_c": 18}</tool_result>
+    Assistant: It is 18 degrees in Paris.
+
+Function calls are ``<function_call>{"name": ..., "arguments": {...}}</function_call>``, bash
+commands a fenced ```bash block, tool results ``<tool_result>...</tool_result>`` turns. Every
+target starts right after ``"Assistant: "``.
+"""
+import dataclasses
+import gzip
+import json
+import os
+import re
+import tempfile
+from collections import Counter
+from typing import Iterable, Iterator, Optional
+
+TASKS = ("text_completion", "chain_of_thought", "function_call", "bash_command", "tool_use")
+
+# Longest record (prompt + target, in UTF-8 bytes) accepted on load unless told otherwise.
+DEFAULT_MAX_BYTES = 8192
+
+FUNCTION_CALL_RE = re.compile(r"<function_call>(.*?)</function_call>", re.DOTALL)
+
+
+@dataclasses.dataclass(frozen=True)
+class Record:
+    """One training example.
+
+    id:      stable identifier, ``"<source>:<id in that source>"`` (logged with bad batches).
+    task:    one of TASKS.
+    source:  the loader that made it (see bdh.data.sources.SOURCES).
+    prompt:  the text the model reads, in the prompt format, ending where the target starts.
+    target:  what the model must produce; the only bytes that carry loss.
+    schemas: the function schemas offered in the prompt (function_call, tool_use), else empty.
+    group:   records with the same group always land in the same split (the steps of one
+             conversation); empty means the record's normalised prompt.
+    """
+
+    id: str
+    task: str
+    source: str
+    prompt: str
+    target: str
+    schemas: tuple = ()
+    group: str = ""
+
+    def to_json(self) -> str:
+        row = dataclasses.asdict(self)
+        row["schemas"] = list(self.schemas)
+        return json.dumps(row, ensure_ascii=False)
+
+    @property
+    def split_key(self) -> str:
+        return self.group or normalise(self.prompt)
+
+
+# ---------------------------------------------------------------------------------------------
+# The prompt format
+
+
+def normalise(text: str) -> str:
+    """Case- and whitespace-insensitive form of a prompt, used for dedupe and split assignment."""
+    return " ".join(text.lower().split())
+
+
+def function_call(name: str, arguments: dict) -> str:
+    return "<function_call>" + json.dumps({"name": name, "arguments": arguments}, ensure_ascii=False) + "</function_call>"
+
+
+def tool_result(result) -> str:
+    text = result if isinstance(result, str) else json.dumps(result, ensure_ascii=False)
+    return "<tool_result>" + text + "</tool_result>"
+
+
+def bash_block(command: str) -> str:
+    return "```bash\n" + command.strip("\n") + "\n```"
+
+
+def schema_block(schemas: Iterable[dict]) -> str:
+    """The schemas as the model sees them: a ``Functions:`` line, then one JSON object per line."""
+    lines = [json.dumps(s, ensure_ascii=False) for s in schemas]
+    return "Functions:\n" + "\n".join(lines) + "\n" if lines else ""
+
+
+def chat_prompt(turns: Iterable[tuple], schemas: Iterable[dict] = ()) -> str:
+    """Lay out a conversation so far and open the assistant's next turn.
+
+    turns: (role, text) pairs; role is "system", "user", "assistant" or "tool" (a tool result,
+    already wrapped by tool_result()). The result ends with ``"Assistant: "``.
+    """
+    prefix = {"system": "System: ", "user": "User: ", "assistant": "Assistant: ", "tool": ""}
+    lines = []
+    for role, text in turns:
+        if role not in prefix:
+            raise ValueError(f"turns: unknown role {role!r}; expected one of {sorted(prefix)}")
+        lines.append(prefix[role] + text)
+    return schema_block(schemas) + "".join(line + "\n" for line in lines) + "Assistant: "
+
+
+# ---------------------------------------------------------------------------------------------
+# Validation
+
+
+def check_function_calls(text: str) -> Optional[str]:
+    """None if every <function_call> block in text is JSON {"name": str, "arguments": dict}, else why not."""
+    if text.count("<function_call>") != text.count("</function_call>"):
+        return "unbalanced <function_call> tags"
+    for body in FUNCTION_CALL_RE.findall(text):
+        try:
+            call = json.loads(body)
+        except ValueError as e:
+            return f"not JSON ({e})"
+        if not (isinstance(call, dict) and isinstance(call.get("name"), str) and isinstance(call.get("arguments"), dict)):
+            return 'not {"name": str, "arguments": {...}}'
+    return None
+
+
+def invalid_reason(record: Record, max_bytes: int = DEFAULT_MAX_BYTES) -> Optional[str]:
+    """The reason a record must be skipped, or None if it is fine. Reasons are short stable names."""
+    if record.task not in TASKS:
+        return "unknown_task"
+    if not record.target.strip():
+        return "empty_target"
+    if check_function_calls(record.target) is not None:
+        return "invalid_function_call"
+    if "\x00" in record.prompt or "\x00" in record.target:
+        return "nul_byte"  # byte 0 is the end-of-target token (bdh.data.tokens.EOS)
+    if len(record.prompt.encode()) + len(record.target.encode()) > max_bytes:
+        return "too_long"
+    return None
+
+
+def record_from_row(row) -> Record:
+    """A Record from a parsed JSON line; raises ValueError naming the bad field."""
+    if not isinstance(row, dict):
+        raise ValueError("a record must be a JSON object")
+    fields = {}
+    for name in ("id", "task", "source", "prompt", "target", "group"):
+        value = row.get(name, "" if name == "group" else None)
+        if not isinstance(value, str):
+            raise ValueError(f"field {name!r} must be a string, got {type(value).__name__}")
+        fields[name] = value
+    schemas = row.get("schemas", [])
+    if not isinstance(schemas, list) or not all(isinstance(s, dict) for s in schemas):
+        raise ValueError("field 'schemas' must be a list of objects")
+    return Record(schemas=tuple(schemas), **fields)
+
+
+def open_text(path: str):
+    """Open a text file for reading, gzip-compressed when its name ends in .gz."""
+    opener = gzip.open if path.endswith(".gz") else open
+    return opener(path, "rt", encoding="utf-8", errors="replace")
+
+
+def read_records(path: str, skipped: Counter, max_bytes: int = DEFAULT_MAX_BYTES) -> Iterator[Record]:
+    """Yield the valid records of a JSON-lines file (.jsonl or .jsonl.gz); count each skipped line
+    in skipped[reason]."""
+    with open_text(path) as f:
+        for line in f:
+            if not line.strip():
+                continue
+            try:
+                record = record_from_row(json.loads(line))
+            except ValueError as e:
+                skipped["malformed_json" if isinstance(e, json.JSONDecodeError) else "missing_field"] += 1
+                continue
+            reason = invalid_reason(record, max_bytes)
+            if reason:
+                skipped[reason] += 1
+                continue
+            yield record
+
+
+def format_counts(counts: Counter) -> str:
+    return ", ".join(f"{reason}: {n}" for reason, n in sorted(counts.items())) or "none"
+
+
+# ---------------------------------------------------------------------------------------------
+# Atomic writes
+
+
+def write_atomic(path: str, text: str) -> None:
+    """Write text to path (gzip-compressed if it ends in .gz) so that readers see the old file or the
+    whole new one, never a part: a temporary file beside it, fsync, rename, fsync the folder."""
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    data = text.encode()
+    if path.endswith(".gz"):
+        data = gzip.compress(data, mtime=0)  # mtime 0: the same text gives the same bytes
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix="." + os.path.basename(path) + ".", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes it private; give it a normal file's mode
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    dir_fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)

@@ -1,0 +1,164 @@
+"""Each loader on rows shaped like its dataset's real rows (tests/fixtures/<source>/), bad rows included."""
+import json
+import os
+from collections import Counter
+
+import pytest
+
+from bdh.data.prepare import SourceReport, Unreachable, convert_rows, source_rows
+from bdh.data.records import DEFAULT_MAX_BYTES, FUNCTION_CALL_RE, invalid_reason
+from bdh.data.sources import SOURCES
+
+FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures")
+
+# source -> (records expected, skip counts expected)
+EXPECTED = {
+    "tinystories": (2, {"malformed_json": 1, "malformed_row": 1}),
+    "wikitext": (1, {"no_content": 2, "malformed_row": 1}),
+    "shakespeare": (3, {}),
+    "gsm8k": (2, {"malformed_row": 1}),
+    "gsm_symbolic": (1, {"malformed_row": 1}),
+    "glaive": (2, {"no_content": 1, "malformed_row": 1}),
+    "bfcl": (2, {"malformed_json": 1, "malformed_row": 1}),
+    "nl2bash": (2, {"malformed_row": 1}),
+    "unix_commands": (2, {"malformed_row": 1}),
+    "eg": (3, {"no_content": 1}),
+    "cheat": (3, {"no_content": 1}),
+    "toolbench": (2, {"malformed_row": 1}),
+    "tooltalk": (2, {"malformed_json": 1}),
+}
+
+
+def load(name, rows=None):
+    source = SOURCES[name]
+    report = SourceReport(name, source.task, source.licence)
+    if rows is None:
+        rows, _ = source_rows(source, FIXTURES, offline=True, cache_dir=None)
+    return convert_rows(source, rows, report, DEFAULT_MAX_BYTES, None, progress=False), report
+
+
+def by_id(records):
+    return {r.id: r for r in records}
+
+
+def test_every_source_has_a_fixture():
+    assert set(EXPECTED) == set(SOURCES)
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_loader_maps_rows_and_counts_bad_ones(name):
+    records, report = load(name)
+    expected_records, expected_skips = EXPECTED[name]
+    assert len(records) == expected_records
+    assert dict(report.skipped) == expected_skips
+    for record in records:
+        assert invalid_reason(record) is None
+        assert record.task == SOURCES[name].task and record.source == name
+        assert record.prompt.endswith("Assistant: ")
+    assert len({r.id for r in records}) == len(records)
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_a_row_missing_its_fields_is_counted_not_fatal(name):
+    records, report = load(name, rows=[{}, None, {"unrelated": 1}])
+    assert records == [] and report.skipped == Counter(malformed_row=2, malformed_json=1)
+
+
+def test_text_sources_split_opening_from_continuation():
+    records, _ = load("tinystories")
+    story = by_id(records)["tinystories:0"]
+    assert story.prompt == "User: Continue the story:\nOne day, a little girl named Lily found a needle in her room.\nAssistant: "
+    assert story.target.startswith("She knew it was difficult")
+    (wiki,), _ = load("wikitext")
+    assert "Senjō no Valkyria 3" in wiki.prompt and wiki.target.endswith("Valkyria series .")
+    passages, _ = load("shakespeare")
+    assert all("Continue this passage from Hamlet, Prince Of Denmark:\n" in p.prompt for p in passages)
+
+
+def test_gsm8k_target_is_the_worked_solution_without_calculator_annotations():
+    records, _ = load("gsm8k")
+    natalia = by_id(records)["gsm8k:0"]
+    assert natalia.prompt.startswith("User: Natalia sold clips")
+    assert natalia.target == ("Natalia sold 48/2 = 24 clips in May.\n"
+                              "Natalia sold 48+24 = 72 clips altogether in April and May.\n#### 72")
+
+
+def test_glaive_calls_follow_the_conversation_with_tool_results():
+    records, _ = load("glaive")
+    first, second = records
+    schema = json.loads(first.prompt.split("\n")[1])
+    assert first.schemas == (schema,) and schema["name"] == "get_exchange_rate"
+    assert first.target == '<function_call>{"name": "get_exchange_rate", "arguments": {"base_currency": "USD", "target_currency": "EUR"}}</function_call>'
+    assert '<tool_result>{"exchange_rate": 0.85}</tool_result>\nAssistant: The current exchange rate' in second.prompt
+    assert second.prompt.endswith("User: And from euros to yen?\nAssistant: ")
+    assert first.group == second.group == "glaive:0"
+
+
+def test_bfcl_takes_the_first_possible_answer_and_keeps_parallel_calls():
+    records = by_id(load("bfcl")[0])
+    simple = records["bfcl:simple_0"]
+    assert simple.target == '<function_call>{"name": "calculate_triangle_area", "arguments": {"base": 10, "height": 5, "unit": "units"}}</function_call>'
+    assert "irrelevance" not in " ".join(records)
+    calls = [json.loads(c) for c in FUNCTION_CALL_RE.findall(records["bfcl:parallel_0"].target)]
+    assert calls == [{"name": "spotify.play", "arguments": {"artist": "Taylor Swift", "duration": 20}},
+                     {"name": "spotify.play", "arguments": {"artist": "Maroon 5", "duration": 15}}]
+
+
+def test_bash_sources_answer_with_a_bash_block():
+    records, _ = load("nl2bash")
+    assert records[0].prompt == 'User: Add executable permission to "pretty-print"\nAssistant: '
+    assert records[0].target == "```bash\nchmod +x pretty-print\n```"
+    eg, _ = load("eg")
+    assert eg[0].prompt == "User: files in searchdir named file.txt\nAssistant: "
+    assert eg[0].target == "```bash\nfind ./searchdir -name file.txt\n```"
+    cheat, _ = load("cheat")
+    assert cheat[0].prompt == "User: To extract an uncompressed archive\nAssistant: "
+    assert cheat[0].target == "```bash\ntar -xvf /path/to/foo.tar\n```"
+    unix, _ = load("unix_commands")
+    assert unix[0].prompt.endswith("user@server:~$ pwd\nAssistant: ") and unix[0].target == "/home/user"
+
+
+def test_toolbench_steps_become_calls_and_final_answers():
+    records, _ = load("toolbench")
+    final = next(r for r in records if "<tool_result>" in r.prompt)
+    step = next(r for r in records if r is not final)
+    assert [s["name"] for s in final.schemas] == ["get_joke_for_dad_jokes", "Finish"]
+    assert step.target == 'I should get a joke.\n<function_call>{"name": "get_joke_for_dad_jokes", "arguments": {}}</function_call>'
+    assert final.target == "Here is one: How does a train eat? It goes chew, chew."
+    assert final.group == step.group  # steps of one query share a split
+
+
+def test_tooltalk_calls_leave_out_the_session_token():
+    call, reply = load("tooltalk")[0]
+    assert call.schemas[0]["name"] == "AddAlarm"
+    assert call.schemas[0]["parameters"]["required"] == ["time"]
+    assert call.target == '<function_call>{"name": "AddAlarm", "arguments": {"time": "18:30:00"}}</function_call>'
+    assert reply.prompt.endswith('<tool_result>{"alarm_id": "5bff-dd80"}</tool_result>\nAssistant: ')
+    assert reply.target == "I have set an alarm for you at 6:30 PM"
+
+
+def test_a_source_with_no_hub_and_no_files_is_unreachable_with_reasons(tmp_path):
+    with pytest.raises(Unreachable, match=r"hub \(openai/gsm8k\) skipped: offline; no local files in .*gsm8k"):
+        source_rows(SOURCES["gsm8k"], str(tmp_path), offline=True, cache_dir=None)
+
+
+def test_without_datasets_installed_the_hub_path_says_how_to_install(monkeypatch, tmp_path):
+    monkeypatch.setitem(__import__("sys").modules, "datasets", None)  # import datasets -> ImportError
+    with pytest.raises(Unreachable, match=r"pip install datasets"):
+        source_rows(SOURCES["tinystories"], str(tmp_path), offline=False, cache_dir=None)
+
+
+def test_the_hub_path_calls_load_dataset_with_the_dataset_id(monkeypatch, tmp_path):
+    calls = []
+
+    class FakeDatasets:
+        @staticmethod
+        def load_dataset(*args, **kwargs):
+            calls.append((args, kwargs))
+            return [{"question": "What is 2 + 2?", "answer": "2 + 2 = 4\n#### 4"}]
+
+    monkeypatch.setitem(__import__("sys").modules, "datasets", FakeDatasets)
+    rows, origin = source_rows(SOURCES["gsm8k"], str(tmp_path), offline=False, cache_dir="/cache")
+    records, report = load("gsm8k", rows)
+    assert calls == [(("openai/gsm8k", "main"), {"split": "train", "streaming": True, "cache_dir": "/cache"})]
+    assert origin == "hub:openai/gsm8k/main" and records[0].target == "2 + 2 = 4\n#### 4"
