@@ -81,3 +81,91 @@ def lif(
             v = h - s_r * v_threshold
     out = torch.stack(outs, 0).movedim(0, time_dim).to(x.dtype)
     return out, v, i
+
+
+# ---------------------------------------------------------------------------------------------- STDP
+def trace_decay(tau: float) -> float:
+    """The per-step decay of an STDP trace, ``1 - 1/tau``, in double; each backend rounds it once to the
+    state dtype (fp32; fp64 for fp64 spikes)."""
+    return 1.0 - 1.0 / tau
+
+
+def stdp_traces(
+    spikes: torch.Tensor,
+    tau: float,
+    time_dim: int = 0,
+    trace_init: Optional[torch.Tensor] = None,
+) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Exponential traces of ``spikes`` over time; returns ``(traces, final_trace)``.
+
+    Arguments are validated by :func:`bdh_kernels.stdp_traces`. Per element and step t, in the state dtype
+    (fp32; fp64 for fp64 spikes) with ``decay = 1 - 1/tau`` rounded once to it::
+
+        trace_t = trace_{t-1} * decay + s_t,     trace_{-1} = trace_init (default 0)
+
+    ``traces`` has the shape and dtype of ``spikes``; ``final_trace`` (the last step's trace, in the state
+    dtype) has the shape of ``spikes`` without its time dim.
+    """
+    sd = torch.float64 if spikes.dtype == torch.float64 else torch.float32
+    decay = torch.tensor(trace_decay(tau), dtype=sd, device=spikes.device)
+    ss = spikes.movedim(time_dim, 0).to(sd)
+    trace = torch.zeros(ss.shape[1:], dtype=sd, device=spikes.device) if trace_init is None else trace_init.to(sd)
+    outs = []
+    for s_t in ss.unbind(0):
+        trace = trace * decay + s_t
+        outs.append(trace)
+    return torch.stack(outs, 0).movedim(0, time_dim).to(spikes.dtype), trace
+
+
+def stdp_update(
+    pre: torch.Tensor,
+    post: torch.Tensor,
+    tau_pre: float,
+    tau_post: float,
+    a_plus: float,
+    a_minus: float,
+    weight: Optional[torch.Tensor] = None,
+    w_min: Optional[float] = None,
+    w_max: Optional[float] = None,
+    time_dim: int = 0,
+    state: Optional[Tuple[torch.Tensor, torch.Tensor]] = None,
+) -> Tuple[torch.Tensor, Tuple[torch.Tensor, torch.Tensor]]:
+    """Pair-based STDP, one time step at a time; returns ``(dW, (final_trace_pre, final_trace_post))``.
+
+    Arguments are validated by :func:`bdh_kernels.stdp_update`. ``pre`` is ``[..., Nin]`` and ``post``
+    ``[..., Nout]`` with time along ``time_dim`` and the same other dims (the batch). Per step t, in the
+    state dtype, traces first (SpikingJelly's order), then the step's contribution summed over the batch
+    ``b``, with ``W`` fixed over the sequence::
+
+        x_t = x_{t-1} * (1 - 1/tau_pre) + pre_t           y_t = y_{t-1} * (1 - 1/tau_post) + post_t
+        LTP += sum_b outer(post_t[b], x_t[b])             LTD += sum_b outer(y_t[b], pre_t[b])
+        dW = a_plus * LTP - a_minus * LTD                                   (no bounds)
+        dW = a_plus * (w_max - W) * LTP - a_minus * (W - w_min) * LTD       (soft bounds)
+    """
+    sd = torch.float64 if pre.dtype == torch.float64 else torch.float32
+    n_in, n_out = pre.shape[-1], post.shape[-1]
+    pres = pre.movedim(time_dim, 0).to(sd)
+    posts = post.movedim(time_dim, 0).to(sd)
+    batch_shape = pres.shape[1:-1]
+    pres = pres.reshape(pres.shape[0], -1, n_in)
+    posts = posts.reshape(posts.shape[0], -1, n_out)
+    d_pre = torch.tensor(trace_decay(tau_pre), dtype=sd, device=pre.device)
+    d_post = torch.tensor(trace_decay(tau_post), dtype=sd, device=pre.device)
+    if state is None:
+        x = torch.zeros(pres.shape[1:], dtype=sd, device=pre.device)
+        y = torch.zeros(posts.shape[1:], dtype=sd, device=pre.device)
+    else:
+        x, y = (s.to(sd).reshape(-1, n) for s, n in zip(state, (n_in, n_out)))
+    ltp = torch.zeros(n_out, n_in, dtype=sd, device=pre.device)
+    ltd = torch.zeros(n_out, n_in, dtype=sd, device=pre.device)
+    for pre_t, post_t in zip(pres.unbind(0), posts.unbind(0)):
+        x = x * d_pre + pre_t
+        y = y * d_post + post_t
+        ltp = ltp + post_t.t() @ x  # [Nout, B] @ [B, Nin]: sum over the batch of the outer products
+        ltd = ltd + y.t() @ pre_t
+    if weight is None:
+        dw = a_plus * ltp - a_minus * ltd
+    else:
+        w = weight.detach().to(sd)
+        dw = a_plus * (w_max - w) * ltp - a_minus * (w - w_min) * ltd
+    return dw, (x.reshape(batch_shape + (n_in,)), y.reshape(batch_shape + (n_out,)))

@@ -1,0 +1,348 @@
+"""The STDP ops: the fused trace scan (``stdp_traces``) and the one-GEMM weight update (``stdp_update``).
+
+Kernel contract (shared by the C++, CUDA and Triton backends; ``reference.stdp_traces`` is the ground truth)
+----------------------------------------------------------------------------------------------------------
+The wrapper views the spikes as ``[P, T, Q]`` exactly as :mod:`bdh_kernels.lif` does (``_as_ptq``: any
+strides, a copy only when no such view exists, ``[1, T, P]`` when Q == 1). Neuron ``n = p * Q + q``.
+
+``stdp_trace_forward(spikes, trace_init, tau) -> (traces, trace_final)``
+
+* ``trace_init``: None or contiguous ``[P*Q]`` in the state dtype (fp32; fp64 for fp64 spikes).
+* ``traces``: contiguous ``[P, T, Q]`` in the spikes' dtype; ``trace_final``: ``[P*Q]`` in the state dtype.
+* per neuron, in the state dtype, ``decay = 1 - 1/tau`` rounded once from double::
+
+      tr = trace_init (or 0);  for t = 0 .. T-1:  tr = tr * decay + s_t;  traces_t = tr
+      trace_final = tr
+
+``stdp_trace_backward(grad_traces, grad_final, tau) -> (grad_spikes, grad_trace_init)``, ``grad_traces``
+``[P, T, Q]`` of any strides, ``grad_final`` None or ``[P*Q]``; the reverse scan (nothing is saved by the
+forward: the trace is linear in its inputs)::
+
+      c = grad_final (or 0);  for t = T-1 .. 0:  c = c + g_t;  grad_spikes_t = c;  c = c * decay
+      grad_trace_init = c
+
+The weight update is not a custom kernel: it is the two scans above and two matrix products over all
+``T * B`` rows (``torch.mm`` then ``torch.addmm``), which BLAS / cuBLAS already run at their peak.
+"""
+import math
+from typing import NamedTuple, Optional
+
+import torch
+
+from . import backends, reference
+from .lif import FLOAT_DTYPES, _as_ptq, _check_number, _from_ptq, state_dtype
+
+TRACE_FORWARD_SCHEMA = "(Tensor spikes, Tensor? trace_init, float tau) -> (Tensor, Tensor)"
+TRACE_BACKWARD_SCHEMA = "(Tensor grad_traces, Tensor? grad_final, float tau) -> (Tensor, Tensor)"
+
+
+class STDPState(NamedTuple):
+    """The traces after the last step of a :func:`stdp_update` call, to pass as ``state`` to the next.
+
+    ``pre``: ``[batch..., Nin]``, ``post``: ``[batch..., Nout]`` (the spikes' shapes without the time dim),
+    in fp32 (fp64 for fp64 spikes).
+    """
+
+    pre: torch.Tensor
+    post: torch.Tensor
+
+
+# ----------------------------------------------------------------------------------------- custom ops
+def _trace_fake(x, state, tau):
+    p, t, q = x.shape
+    return x.new_empty((p, t, q)), x.new_empty((p * q,), dtype=state_dtype(x.dtype))
+
+
+def register_trace_ops(forward_op, backward_op):
+    """Give a (forward, backward) trace-scan op pair its fake kernels and autograd formulas.
+
+    The scan is linear and the backward is its transpose, so each op's gradient is the other op: the
+    backward of the forward is the reverse scan, and the backward of the backward (double backward) is the
+    forward scan again. Nothing is saved.
+    """
+
+    torch.library.register_fake(forward_op, _trace_fake)
+    torch.library.register_fake(backward_op, _trace_fake)
+
+    def setup_context(ctx, inputs, output):
+        ctx.tau = inputs[2]  # nothing saved: the transpose needs only the decay
+
+    def transpose_of(op):
+        def backward(ctx, grad_seq, grad_state):
+            grad_state = grad_state.contiguous() if grad_state is not None else None
+            grad_in, grad_state0 = op(grad_seq, grad_state, ctx.tau)
+            need = ctx.needs_input_grad
+            return grad_in if need[0] else None, grad_state0 if need[1] else None, None
+
+        return backward
+
+    torch.library.register_autograd(forward_op, transpose_of(backward_op), setup_context=setup_context)
+    torch.library.register_autograd(backward_op, transpose_of(forward_op), setup_context=setup_context)
+
+
+_registered = set()
+
+
+def _register_runnable_backends():
+    """Register every runnable backend's ops at import, so a first call under torch.compile finds them."""
+    if backends.extension_error() is None:
+        _ops("cpp")
+    if backends.triton_error() is None and (torch.cuda.is_available() or backends.triton_interpreted()):
+        _ops("triton")
+
+
+def _ops(backend: str):
+    """The (forward, backward) trace-scan custom ops of a compiled backend, registered on first use."""
+    if backend in ("cpp", "cuda"):
+        pair = (torch.ops.bdh.stdp_trace_forward.default, torch.ops.bdh.stdp_trace_backward.default)
+    else:
+        from .triton import stdp as triton_stdp
+
+        pair = (triton_stdp.stdp_trace_forward, triton_stdp.stdp_trace_backward)
+    if pair[0] not in _registered:
+        register_trace_ops(*pair)
+        _registered.add(pair[0])
+    return pair
+
+
+# ------------------------------------------------------------------------------------ argument checks
+def _check_spikes(name, x, min_dim=1):
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+    if x.dtype not in FLOAT_DTYPES:
+        raise TypeError(f"{name} must be a floating-point tensor (fp16/bf16/fp32/fp64; convert bool or integer "
+                        f"spikes with .float()), got {x.dtype}")
+    if x.dim() < min_dim:
+        raise ValueError(f"{name} must have at least {min_dim} dim{'s' if min_dim > 1 else ''} "
+                         f"(time{', ..., features' if min_dim > 1 else ''}), got {x.dim()}")
+
+
+def _check_time_dim(time_dim, x, name, exclude_last=False):
+    if isinstance(time_dim, bool) or not isinstance(time_dim, int):
+        raise TypeError(f"time_dim must be an int, got {type(time_dim).__name__}")
+    if not -x.dim() <= time_dim < x.dim():
+        raise ValueError(f"time_dim={time_dim} is out of range for {name} with {x.dim()} dims")
+    time_dim %= x.dim()
+    if exclude_last and time_dim == x.dim() - 1:
+        raise ValueError(f"time_dim={time_dim} is the last dim of {name}, which holds the neurons (features); "
+                         "put time on another dim")
+    if x.shape[time_dim] == 0:
+        raise ValueError(f"{name} has an empty time dim (time_dim={time_dim}, shape {tuple(x.shape)})")
+    return time_dim
+
+
+def _check_trace_state(name, state, x, time_dim, xname):
+    if state is None:
+        return
+    if not isinstance(state, torch.Tensor):
+        raise TypeError(f"{name} must be a tensor or None, got {type(state).__name__}")
+    if state.dtype not in FLOAT_DTYPES:
+        raise TypeError(f"{name} must be a floating-point tensor, got {state.dtype}")
+    expected = x.shape[:time_dim] + x.shape[time_dim + 1:]
+    if state.shape != expected:
+        raise ValueError(f"{name} must have the shape of {xname} without its time dim, {tuple(expected)}, "
+                         f"got {tuple(state.shape)}")
+    if state.device != x.device:
+        raise ValueError(f"{name} is on {state.device} but {xname} is on {x.device}")
+
+
+def _check_tau(name, tau):
+    return _check_number(name, tau, low=1.0, low_inclusive=True)
+
+
+# ------------------------------------------------------------------------------------------ the scan
+def _traces(spikes, tau, time_dim, trace_init, choice):
+    """The scan on a resolved backend; arguments already checked. Returns ``(traces, final)``."""
+    if choice == "reference":
+        return reference.stdp_traces(spikes, tau, time_dim, trace_init)
+    if spikes.dtype == torch.float64 and choice != "cpp":
+        raise ValueError(f"backend={choice!r} supports fp16/bf16/fp32 spikes; fp64 runs on cpp and reference")
+    sd = state_dtype(spikes.dtype)
+    init = None if trace_init is None else trace_init.to(sd).reshape(-1).contiguous()
+    forward_op, _ = _ops(choice)
+    x3, swapped = _as_ptq(spikes, time_dim)
+    out3, final = forward_op(x3, init, tau)
+    state_shape = spikes.shape[:time_dim] + spikes.shape[time_dim + 1:]
+    return _from_ptq(out3, spikes.shape, swapped), final.view(state_shape)
+
+
+def stdp_traces(
+    spikes: torch.Tensor,
+    tau: float,
+    time_dim: int = 0,
+    trace_init: Optional[torch.Tensor] = None,
+    return_state: bool = False,
+    backend: Optional[str] = None,
+):
+    r"""Exponential STDP traces of a spike train, as one fused scan over time.
+
+    Per element of ``spikes`` off the time dim, per step t (state in fp32, fp64 for fp64 spikes)::
+
+        trace_t = trace_{t-1} * (1 - 1/tau) + s_t,        trace_{-1} = trace_init (default 0)
+
+    This is SpikingJelly's trace convention ``tr = tr - tr / tau + s`` (its STDP learners and
+    ``functional.learning.stdp_linear_step``), with the decay ``1 - 1/tau`` computed in double and rounded
+    once to fp32, so every backend gives bit-identical traces. ``tau`` is in time steps, ``>= 1`` (``tau = 1``:
+    no memory, the trace is the spike). For the exponential form ``trace_t = exp(-dt/tau_exp) * trace_{t-1}
+    + s_t`` (snnTorch's ``mstdp``, Norse's STDP with ``dt * tau_inv = dt / tau_exp``) pass
+    ``tau = 1 / (1 - exp(-dt / tau_exp))``: the decays are then equal (to the fp32 rounding of the decay).
+
+    Spikes may be graded (any real values, e.g. ``lif(..., output="gated")``): the trace is a linear filter.
+
+    Args:
+        spikes: fp16/bf16/fp32 (fp64 on the reference and cpp backends), any shape and strides.
+        tau: trace time constant in steps, finite and >= 1.
+        time_dim: which dim of ``spikes`` is time.
+        trace_init: the trace before the first step, shaped like ``spikes`` without its time dim.
+        return_state: also return the trace after the last step (fp32, fp64 for fp64 spikes), for streaming.
+        backend: None (automatic, or ``$BDH_KERNELS_BACKEND``), ``"triton"``, ``"cuda"``, ``"cpp"`` or
+            ``"reference"``; as for :func:`bdh_kernels.lif`.
+
+    Returns:
+        ``traces`` shaped and typed like ``spikes``, or ``(traces, final_trace)`` with ``return_state=True``.
+
+    Differentiable in ``spikes`` and ``trace_init``: the backward is the reverse scan, and nothing is saved
+    for it (not even the input).
+    """
+    _check_spikes("spikes", spikes)
+    time_dim = _check_time_dim(time_dim, spikes, "spikes")
+    tau = _check_tau("tau", tau)
+    _check_trace_state("trace_init", trace_init, spikes, time_dim, "spikes")
+    if not isinstance(return_state, bool):
+        raise TypeError(f"return_state must be a bool, got {type(return_state).__name__}")
+    choice = backends.select("stdp_traces", spikes.device, backend)
+    traces, final = _traces(spikes, tau, time_dim, trace_init, choice)
+    return (traces, final) if return_state else traces
+
+
+# -------------------------------------------------------------------------------------- the update
+def stdp_update(
+    pre: torch.Tensor,
+    post: torch.Tensor,
+    tau_pre: float = 20.0,
+    tau_post: float = 20.0,
+    a_plus: float = 0.01,
+    a_minus: float = 0.0105,
+    weight: Optional[torch.Tensor] = None,
+    w_min: Optional[float] = None,
+    w_max: Optional[float] = None,
+    time_dim: int = 0,
+    state: Optional[STDPState] = None,
+    backend: Optional[str] = None,
+):
+    r"""Pair-based STDP weight change of a whole spike sequence, in one call.
+
+    ``pre`` is ``[..., Nin]`` (the synapse's input spikes) and ``post`` ``[..., Nout]`` (its neurons' output
+    spikes), with time along ``time_dim`` and the same other dims (the batch), as for an ``nn.Linear`` of
+    weight ``[Nout, Nin]`` applied to every step. With the traces of :func:`stdp_traces`
+    (``x = stdp_traces(pre, tau_pre)``, ``y = stdp_traces(post, tau_post)``)::
+
+        LTP[o, i] = sum_{t,b} post[t,b,o] * x[t,b,i]        (pre before post: potentiation)
+        LTD[o, i] = sum_{t,b} y[t,b,o] * pre[t,b,i]         (post before pre: depression)
+        dW = a_plus * LTP - a_minus * LTD                                   (no bounds)
+        dW = a_plus * (w_max - W) * LTP - a_minus * (W - w_min) * LTD       (soft bounds)
+
+    The sums over t and b are two matrix products over all ``T*B`` rows (``torch.mm``, ``torch.addmm``):
+    no ``[B, Nout, Nin]`` tensor is ever built, so the extra memory is the two traces (``T*B*(Nin+Nout)``
+    elements) and the ``[Nout, Nin]`` result (plus one more ``[Nout, Nin]`` with soft bounds).
+
+    This equals SpikingJelly's ``functional.learning.stdp_linear_step(pre[t], post[t], trace, W, tau_pre,
+    tau_post, f_pre, f_post)`` applied step by step with ``W`` fixed and its ``delta_w`` summed over the
+    steps, with ``f_post(w) = a_plus`` and ``f_pre(w) = a_minus`` (no bounds), or ``f_post(w) = a_plus *
+    (w_max - w)`` and ``f_pre(w) = a_minus * (w - w_min)`` (soft bounds: the multiplicative weight dependence
+    that slows potentiation near ``w_max`` and depression near ``w_min``). The traces follow SpikingJelly's
+    convention, traces updated before the products; see :func:`stdp_traces` for the mapping to the
+    ``exp(-dt/tau)`` form. Graded (non-binary) spike values are allowed: the rule is bilinear in them.
+
+    Args:
+        pre, post: fp16/bf16/fp32 (fp64 on the reference and cpp backends) spikes of the same dtype and
+            device, at least 2 dims (time and neurons); the neurons are the last dim.
+        tau_pre, tau_post: trace time constants in steps, finite and >= 1.
+        a_plus, a_minus: potentiation and depression amplitudes (finite; usually > 0).
+        weight, w_min, w_max: all three for soft bounds (``weight`` ``[Nout, Nin]``, ``w_min < w_max``), or
+            none. ``weight`` is read, never written, and not differentiated.
+        time_dim: which dim is time (not the last).
+        state: the :class:`STDPState` returned by the previous call, to continue a sequence: a long
+            sequence split into chunks gives the same ``dW`` (summed) and final state as one call.
+        backend: the backend of the trace scans (see :func:`stdp_traces`).
+
+    Returns:
+        ``(dW, state)``: ``dW`` ``[Nout, Nin]`` in the spikes' dtype (promoted with ``weight``'s with soft
+        bounds), and the :class:`STDPState` after the last step. Add ``lr * dW`` to the weight yourself, or
+        use :class:`bdh_kernels.nn.STDPLearner`.
+    """
+    _check_spikes("pre", pre, min_dim=2)
+    _check_spikes("post", post, min_dim=2)
+    if post.dtype != pre.dtype:
+        raise TypeError(f"pre and post must have the same dtype, got pre {pre.dtype} and post {post.dtype}")
+    if post.device != pre.device:
+        raise ValueError(f"post is on {post.device} but pre is on {pre.device}")
+    if post.dim() != pre.dim() or post.shape[:-1] != pre.shape[:-1]:
+        raise ValueError(f"pre and post must have the same dims except the last (neurons): got pre "
+                         f"{tuple(pre.shape)} and post {tuple(post.shape)}")
+    time_dim = _check_time_dim(time_dim, pre, "pre", exclude_last=True)
+    tau_pre = _check_tau("tau_pre", tau_pre)
+    tau_post = _check_tau("tau_post", tau_post)
+    a_plus = _check_number("a_plus", a_plus)
+    a_minus = _check_number("a_minus", a_minus)
+    n_in, n_out = pre.shape[-1], post.shape[-1]
+    bounded, w_min, w_max = _check_bounds(weight, w_min, w_max, pre, n_out, n_in)
+    init_pre = init_post = None
+    if state is not None:
+        if not isinstance(state, tuple) or len(state) != 2:
+            raise TypeError(f"state must be the STDPState (pre, post) of a previous call or None, got "
+                            f"{type(state).__name__}")
+        init_pre, init_post = state
+        _check_trace_state("state.pre", init_pre, pre, time_dim, "pre")
+        _check_trace_state("state.post", init_post, post, time_dim, "post")
+
+    choice = backends.select("stdp_update", pre.device, backend)
+    trace_pre, final_pre = _traces(pre, tau_pre, time_dim, init_pre, choice)
+    trace_post, final_post = _traces(post, tau_post, time_dim, init_post, choice)
+    # every (t, b) is a row: time and batch are summed alike, so their order in memory does not matter
+    rows = math.prod(pre.shape[:-1])
+    dw = _weight_change(pre.reshape(rows, n_in), trace_pre.reshape(rows, n_in), post.reshape(rows, n_out),
+                        trace_post.reshape(rows, n_out), a_plus, a_minus, weight if bounded else None, w_min, w_max)
+    return dw, STDPState(final_pre, final_post)
+
+
+def _weight_change(pre2, trace_pre2, post2, trace_post2, a_plus, a_minus, weight, w_min, w_max):
+    """dW from the ``[rows, N]`` spikes and traces (arguments checked): two GEMMs over the rows."""
+    if weight is None:
+        dw = torch.mm(post2.t(), trace_pre2)                                   # LTP
+        return dw.addmm_(trace_post2.t(), pre2, beta=a_plus, alpha=-a_minus)  # a_plus LTP - a_minus LTD
+    ltp = torch.mm(post2.t(), trace_pre2)
+    ltd = torch.mm(trace_post2.t(), pre2)
+    w = weight.detach()
+    dtype = torch.promote_types(pre2.dtype, w.dtype)
+    ltp, ltd, w = ltp.to(dtype), ltd.to(dtype), w.to(dtype)
+    # a_plus (w_max - W) LTP - a_minus (W - w_min) LTD, in place: one [Nout, Nin] temporary at a time
+    dw = ltp.mul_((w_max - w).mul_(a_plus))
+    return dw.sub_(ltd.mul_((w - w_min).mul_(a_minus)))
+
+
+def _check_bounds(weight, w_min, w_max, pre, n_out, n_in):
+    """``(bounded, w_min, w_max)``: whether soft bounds apply, and the checked bounds."""
+    given = {"weight": weight is not None, "w_min": w_min is not None, "w_max": w_max is not None}
+    if not any(given.values()):
+        return False, None, None
+    if not all(given.values()):
+        missing = ", ".join(k for k, v in given.items() if not v)
+        raise ValueError(f"soft bounds need weight, w_min and w_max together; missing {missing}")
+    if not isinstance(weight, torch.Tensor):
+        raise TypeError(f"weight must be a tensor or None, got {type(weight).__name__}")
+    if weight.dtype not in FLOAT_DTYPES:
+        raise TypeError(f"weight must be a floating-point tensor, got {weight.dtype}")
+    if tuple(weight.shape) != (n_out, n_in):
+        raise ValueError(f"weight must be [Nout, Nin] = [{n_out}, {n_in}] (post's and pre's last dims), got "
+                         f"{tuple(weight.shape)}")
+    if weight.device != pre.device:
+        raise ValueError(f"weight is on {weight.device} but pre is on {pre.device}")
+    w_min = _check_number("w_min", w_min)
+    w_max = _check_number("w_max", w_max)
+    if not w_min < w_max:
+        raise ValueError(f"w_min must be < w_max, got w_min={w_min}, w_max={w_max}")
+    return True, w_min, w_max
+
+
+_register_runnable_backends()
