@@ -162,3 +162,18 @@ def test_the_hub_path_calls_load_dataset_with_the_dataset_id(monkeypatch, tmp_pa
     records, report = load("gsm8k", rows)
     assert calls == [(("openai/gsm8k", "main"), {"split": "train", "streaming": True, "cache_dir": "/cache"})]
     assert origin == "hub:openai/gsm8k/main" and records[0].target == "2 + 2 = 4\n#### 4"
+
+
+def test_a_hub_repo_of_raw_files_is_fetched_then_read_like_local_files(monkeypatch, tmp_path):
+    fetched = []
+
+    def snapshot_download(repo_id, **kwargs):
+        fetched.append((repo_id, kwargs["repo_type"]))
+        return os.path.join(FIXTURES, "bfcl")
+
+    monkeypatch.setitem(__import__("sys").modules, "datasets", object())
+    monkeypatch.setitem(__import__("sys").modules, "huggingface_hub", type("Hub", (), {"snapshot_download": snapshot_download}))
+    rows, origin = source_rows(SOURCES["bfcl"], str(tmp_path), offline=False, cache_dir=None)
+    records, _ = load("bfcl", rows)
+    assert fetched == [("gorilla-llm/Berkeley-Function-Calling-Leaderboard", "dataset")]
+    assert origin == "hub:gorilla-llm/Berkeley-Function-Calling-Leaderboard" and len(records) == 2

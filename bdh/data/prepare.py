@@ -19,6 +19,8 @@ import os
 from collections import Counter
 from typing import Iterable, Iterator, Optional
 
+from tqdm import tqdm
+
 from .records import DEFAULT_MAX_BYTES, TASKS, Record, format_counts, invalid_reason, normalise, read_records, write_atomic
 from .sources import ROW_ERRORS, SOURCES, Source, read_json_rows
 
@@ -99,8 +101,6 @@ def source_rows(source: Source, local_dir: str, offline: bool, cache_dir: Option
 def convert_rows(source: Source, rows: Iterable, report: SourceReport, max_bytes: int, limit: Optional[int],
                  progress: bool = True) -> list:
     """Valid records from rows; every row or record skipped is counted in report.skipped[reason]."""
-    from tqdm import tqdm
-
     records = []
     for index, row in enumerate(tqdm(rows, desc=source.name, unit=" rows", disable=not progress, leave=False)):
         if row is None:
