@@ -299,7 +299,7 @@ def description_command(source: str) -> Callable[[dict, int], list]:
 
 def read_eg(directory: str) -> Rows:
     """eg's example pages (``eg/examples/*.md``): a prose line, then an indented command block.
-    In blocks that show a session (``$ cmd`` then output), only the ``$`` lines are commands."""
+    In blocks that show a terminal transcript (``$ cmd`` then output), only the ``$`` lines are commands."""
     for path in sorted(glob.glob(os.path.join(directory, "**", "*.md"), recursive=True)):
         page = os.path.splitext(os.path.basename(path))[0]
         with open(path, encoding="utf-8") as f:
