@@ -21,13 +21,15 @@ struct Window {
   int64_t p, q0, nb, n0;  // view row, first column, neurons in the block, first flat neuron index
 };
 
+// Calls fn(Window) for every window of `block` neurons (kBlock unless given) of the [P, T, Q] view, in
+// parallel. A window never spans two view rows.
 template <typename F>
-void for_each_window(int64_t P, int64_t Q, F&& fn) {
-  const int64_t blocks_per_row = (Q + kBlock - 1) / kBlock;
+void for_each_window(int64_t P, int64_t Q, F&& fn, int64_t block = kBlock) {
+  const int64_t blocks_per_row = (Q + block - 1) / block;
   at::parallel_for(0, P * blocks_per_row, 1, [&](int64_t begin, int64_t end) {
     for (int64_t b = begin; b < end; ++b) {
-      const int64_t p = b / blocks_per_row, q0 = (b % blocks_per_row) * kBlock;
-      fn(Window{p, q0, std::min(kBlock, Q - q0), p * Q + q0});
+      const int64_t p = b / blocks_per_row, q0 = (b % blocks_per_row) * block;
+      fn(Window{p, q0, std::min(block, Q - q0), p * Q + q0});
     }
   });
 }
