@@ -98,13 +98,14 @@ def check_against_reference(backend, spikes, layout=contiguous, **kwargs):
     return traces
 
 
-# (id, shape, dtype, layout, kwargs): several programs (> 64 neurons), every time_dim, T = 1, graded spikes
+# (id, shape, dtype, layout, kwargs): several programs / windows, every time_dim, T = 1, graded spikes
 CASES = [
     ("T1", (1, 37), torch.float32, contiguous, {}),
     ("1d-single-neuron", (50,), torch.float32, contiguous, {}),
     ("T7-3d", (7, 3, 11), torch.float32, contiguous, {}),
     ("T33", (33, 2, 21), torch.float32, contiguous, {"tau": 1.0}),
     ("T70-multi-program", (70, 131), torch.float32, contiguous, {"tau": 20.0}),
+    ("wide-windows", (3, 2, 20011), torch.float32, contiguous, {}),  # cpp: 2048-neuron windows, a short tail
     ("time_dim1", (3, 33, 13), torch.float32, contiguous, {"time_dim": 1}),
     ("time_dim-last", (5, 7, 40), torch.float32, contiguous, {"time_dim": -1}),  # Q == 1: the [1, T, P] view
     ("transposed", (33, 23), torch.float32, transposed, {}),
