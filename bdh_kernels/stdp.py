@@ -184,8 +184,11 @@ def stdp_traces(
     ``functional.learning.stdp_linear_step``), with the decay ``1 - 1/tau`` computed in double and rounded
     once to fp32, so every backend gives bit-identical traces. ``tau`` is in time steps, ``>= 1`` (``tau = 1``:
     no memory, the trace is the spike). For the exponential form ``trace_t = exp(-dt/tau_exp) * trace_{t-1}
-    + s_t`` (snnTorch's ``mstdp``, Norse's STDP with ``dt * tau_inv = dt / tau_exp``) pass
-    ``tau = 1 / (1 - exp(-dt / tau_exp))``: the decays are then equal (to the fp32 rounding of the decay).
+    + s_t`` (the exact solution of ``d trace/dt = -trace/tau_exp`` between spikes; SpikingJelly's and
+    snnTorch's ``mstdp`` rules use it with ``dt = 1``) pass ``tau = 1 / (1 - exp(-dt / tau_exp))``: the
+    decays are then equal (to the fp32 rounding of the decay); for ``tau_exp >> dt`` this is about
+    ``tau_exp / dt + 1/2``. Norse's Euler form ``t += dt * tau_inv * (a * s - t)`` is ours with
+    ``tau = 1 / (dt * tau_inv)``, scaled by ``dt * tau_inv * a``.
 
     Spikes may be graded (any real values, e.g. ``lif(..., output="gated")``): the trace is a linear filter.
 
