@@ -4,7 +4,7 @@ The kernel contract (the ``[P, T, Q]`` view, the op schemas, the scan and its re
 docstring of :mod:`bdh_kernels.stdp`; the arithmetic is :func:`bdh_kernels.reference.stdp_traces` operation
 by operation. Runs on CUDA tensors, and on CPU tensors under ``TRITON_INTERPRET=1`` (tests).
 
-The work is laid out as the LIF kernels' (:mod:`bdh_kernels.triton.lif`, whose helpers this module uses):
+The work is laid out as the LIF kernels' (:mod:`bdh_kernels.triton.lif`, whose jit functions this module reuses):
 one program owns ``BLOCK_N`` neurons along the flat index ``n = p * Q + q`` and walks time inside the
 kernel, with the input of step t+1 loaded before step t's arithmetic; ``T`` is a runtime argument. Per
 neuron and step (fp32, ``decay = 1 - 1/tau`` rounded to fp32 on the host)::
