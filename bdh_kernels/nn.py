@@ -188,7 +188,8 @@ class STDPLearner(nn.Module):
                 bounds = {}
                 if self.w_min is not None:
                     bounds = dict(weight=self.synapse.weight, w_min=self.w_min, w_max=self.w_max)
-                dw, self.state = stdp_update(pre.to(post.dtype), post, time_dim=self.time_dim, state=self.state,
+                time_dim = 0 if self.step_mode == "s" else self.time_dim
+                dw, self.state = stdp_update(pre.to(post.dtype), post, time_dim=time_dim, state=self.state,
                                              **bounds, **self.params)
             if dw.shape != self.synapse.weight.shape:
                 raise ValueError(f"the recorded spikes give a dW of shape {tuple(dw.shape)} for a weight of shape "
