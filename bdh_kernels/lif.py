@@ -117,7 +117,13 @@ def register_lif_ops(forward_op, backward_op):
         return (grad_x if need[0] else None, grad_v0 if need[1] else None,
                 grad_i0 if need[2] else None) + (None,) * len(ctx.params)
 
+    def no_double_backward(ctx, *grads):
+        raise RuntimeError("bdh_kernels.lif has no second derivative (its backward is not differentiable); "
+                           "use backend='reference' for double backward")
+
     torch.library.register_autograd(forward_op, backward, setup_context=setup_context)
+    # without this, a second derivative would be silently wrong (PyTorch only warns); with it, it is an error
+    torch.library.register_autograd(backward_op, no_double_backward, setup_context=lambda ctx, inputs, output: None)
 
 
 _registered = set()

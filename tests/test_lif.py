@@ -227,3 +227,12 @@ def test_firing_is_plausible():
     slow = bdh_kernels.lif(period_inputs, tau_mem=2.0, backend="cpp").sum().item()
     expected = 64 // math.ceil(math.log2(1.001 / 0.001))
     assert slow == expected
+
+
+@pytest.mark.parametrize("backend", FAST_CPU)
+def test_double_backward_is_a_clear_error(backend):
+    x = x_of((9, 3, 4), seed=2).requires_grad_(True)
+    out = bdh_kernels.lif(x, backend=backend, output="gated")
+    (grad,) = torch.autograd.grad(out.sum(), x, create_graph=True)
+    with pytest.raises(RuntimeError, match="no second derivative"):
+        grad.sum().backward()
