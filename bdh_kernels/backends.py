@@ -126,3 +126,36 @@ def select(op: str, device: torch.device, requested: Optional[str]) -> str:
         _announced.add((op, device.type, choice))
         log.info("bdh_kernels.%s: %s backend on %s tensors", op, choice, device.type)
     return choice
+
+
+class CustomOps:
+    """One op family's (forward, backward) custom ops on the compiled backends, registered on first use.
+
+    ``name`` gives the op names: ``torch.ops.bdh.<name>_forward`` / ``_backward`` (cpp and cuda) and
+    ``bdh_kernels.triton.<triton_module>.<name>_forward`` / ``_backward`` (triton). ``register`` gives a
+    pair its fake kernels and autograd formula, once per pair.
+    """
+
+    def __init__(self, name: str, triton_module: str, register):
+        self.name, self.triton_module, self.register = name, triton_module, register
+        self._registered = set()
+
+    def __call__(self, backend: str):
+        if backend in ("cpp", "cuda"):
+            source = torch.ops.bdh
+            pair = tuple(getattr(source, f"{self.name}_{d}").default for d in ("forward", "backward"))
+        else:
+            source = importlib.import_module(f"bdh_kernels.triton.{self.triton_module}")
+            pair = tuple(getattr(source, f"{self.name}_{d}") for d in ("forward", "backward"))
+        if pair[0] not in self._registered:
+            self.register(*pair)
+            self._registered.add(pair[0])
+        return pair
+
+    def register_runnable(self):
+        """Register every runnable backend's ops now (at import), not on first call, so that a first call
+        under torch.compile finds them ready: registration cannot happen inside a traced graph."""
+        if extension_error() is None:
+            self("cpp")
+        if triton_error() is None and (torch.cuda.is_available() or triton_interpreted()):
+            self("triton")

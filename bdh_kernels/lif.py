@@ -126,30 +126,7 @@ def register_lif_ops(forward_op, backward_op):
     torch.library.register_autograd(backward_op, no_double_backward, setup_context=lambda ctx, inputs, output: None)
 
 
-_registered = set()
-
-
-def _register_runnable_backends():
-    """Register the ops of every backend that can run here at import, not on first call, so that a
-    first call under torch.compile finds them ready (registration cannot happen inside a traced graph)."""
-    if backends.extension_error() is None:
-        _ops("cpp")
-    if backends.triton_error() is None and (torch.cuda.is_available() or backends.triton_interpreted()):
-        _ops("triton")
-
-
-def _ops(backend: str):
-    """The (forward, backward) custom ops of a compiled backend, registered on first use."""
-    if backend in ("cpp", "cuda"):
-        pair = (torch.ops.bdh.lif_forward.default, torch.ops.bdh.lif_backward.default)
-    else:
-        from .triton import lif as triton_lif
-
-        pair = (triton_lif.lif_forward, triton_lif.lif_backward)
-    if pair[0] not in _registered:
-        register_lif_ops(*pair)
-        _registered.add(pair[0])
-    return pair
+_ops = backends.CustomOps("lif", "lif", register_lif_ops)
 
 
 # ------------------------------------------------------------------------------------ argument checks
@@ -314,4 +291,4 @@ def lif(
     return (out, LIFState(v, i)) if return_state else out
 
 
-_register_runnable_backends()
+_ops.register_runnable()

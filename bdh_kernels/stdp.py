@@ -80,29 +80,7 @@ def register_trace_ops(forward_op, backward_op):
     torch.library.register_autograd(backward_op, transpose_of(forward_op), setup_context=setup_context)
 
 
-_registered = set()
-
-
-def _register_runnable_backends():
-    """Register every runnable backend's ops at import, so a first call under torch.compile finds them."""
-    if backends.extension_error() is None:
-        _ops("cpp")
-    if backends.triton_error() is None and (torch.cuda.is_available() or backends.triton_interpreted()):
-        _ops("triton")
-
-
-def _ops(backend: str):
-    """The (forward, backward) trace-scan custom ops of a compiled backend, registered on first use."""
-    if backend in ("cpp", "cuda"):
-        pair = (torch.ops.bdh.stdp_trace_forward.default, torch.ops.bdh.stdp_trace_backward.default)
-    else:
-        from .triton import stdp as triton_stdp
-
-        pair = (triton_stdp.stdp_trace_forward, triton_stdp.stdp_trace_backward)
-    if pair[0] not in _registered:
-        register_trace_ops(*pair)
-        _registered.add(pair[0])
-    return pair
+_ops = backends.CustomOps("stdp_trace", "stdp", register_trace_ops)
 
 
 # ------------------------------------------------------------------------------------ argument checks
@@ -348,4 +326,4 @@ def _check_bounds(weight, w_min, w_max, pre, n_out, n_in):
     return True, w_min, w_max
 
 
-_register_runnable_backends()
+_ops.register_runnable()
