@@ -22,3 +22,18 @@ def nan_filled_empty():
     torch.utils.deterministic.fill_uninitialized_memory = True
     yield
     torch.use_deterministic_algorithms(False)
+
+
+@pytest.fixture(params=["cpp", "triton", "cuda"])
+def backend(request):
+    """A fast backend, skipped with the reason when it cannot run on this machine."""
+    from bdh_kernels import backends
+    from kernel_cases import BACKEND_DEVICE, HAS_CUDA
+
+    name = request.param
+    if name == "cuda" and not HAS_CUDA:
+        pytest.skip("cuda: no CUDA device")
+    reason = backends.unavailable_reason(name, torch.device(BACKEND_DEVICE[name]))
+    if reason:
+        pytest.skip(f"{name}: {reason}")
+    return name

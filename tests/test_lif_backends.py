@@ -1,6 +1,6 @@
 """Every fast LIF backend (cpp, triton, cuda) against the pure-PyTorch reference.
 
-Each case runs on each fast backend that can run here: cpp on CPU tensors; triton on CUDA tensors, or on
+Each case runs on each fast backend that can run here (the ``backend`` fixture of tests/conftest.py): cpp on CPU tensors; triton on CUDA tensors, or on
 CPU tensors under Triton's interpreter (tests/conftest.py sets ``TRITON_INTERPRET=1`` when there is no
 GPU); cuda on CUDA tensors. The interpreter runs every program as a Python loop over time, so the shapes
 stay small: a few thousand neuron-steps per case.
@@ -16,47 +16,12 @@ import torch
 import bdh_kernels
 from bdh_kernels import backends, reference
 from bdh_kernels.lif import CHECKPOINT_EVERY
+from kernel_cases import BACKEND_DEVICE, contiguous, rel_err, sliced, transposed
 
 # the module, not the function `bdh_kernels.lif` that the package exports under the same name
 lif_module = importlib.import_module("bdh_kernels.lif")
 
-HAS_CUDA = torch.cuda.is_available()
-BACKEND_DEVICE = {"cpp": "cpu", "triton": "cuda" if HAS_CUDA else "cpu", "cuda": "cuda"}
-
-
-@pytest.fixture(params=["cpp", "triton", "cuda"])
-def backend(request):
-    """A fast backend, skipped with the reason when it cannot run on this machine."""
-    name = request.param
-    device = torch.device(BACKEND_DEVICE[name]) if name != "cuda" or HAS_CUDA else None
-    reason = backends.unavailable_reason(name, device) if device else "no CUDA device"
-    if reason:
-        pytest.skip(f"{name}: {reason}")
-    return name
-
-
 GRAD_RTOL = {torch.float64: 1e-10, torch.float32: 1e-5, torch.float16: 1e-2, torch.bfloat16: 1e-2}
-
-
-def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
-    a, b = a.double(), b.double()
-    return ((a - b).norm() / b.norm().clamp_min(1e-30)).item()
-
-
-def contiguous(x):
-    return x
-
-
-def transposed(x):
-    """[T, B] data stored as [B, T]: time is not the outer dim in memory."""
-    return x.t().contiguous().t()
-
-
-def sliced(x):
-    """Every other step and neuron of a bigger buffer: no dim has unit stride."""
-    big = torch.zeros((2 * x.shape[0], 2 * x.shape[1] + 1) + x.shape[2:], dtype=x.dtype, device=x.device)
-    big[::2, 1::2] = x
-    return big[::2, 1::2]
 
 
 def run(backend, x_data, layout=contiguous, *, v_init=None, i_init=None, return_state=False, seed=0,

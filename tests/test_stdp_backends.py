@@ -1,6 +1,6 @@
 """Every fast backend of the STDP trace scan (cpp, triton, cuda) against the pure-PyTorch reference.
 
-The same fixture pattern as tests/test_lif_backends.py: cpp on CPU tensors; triton on CUDA tensors, or on CPU
+The ``backend`` fixture of tests/conftest.py, as in tests/test_lif_backends.py: cpp on CPU tensors; triton on CUDA tensors, or on CPU
 tensors under Triton's interpreter (tests/conftest.py sets ``TRITON_INTERPRET=1`` without a GPU); cuda on CUDA
 tensors. Traces and final traces must be bit-identical to the reference (same fp32 operations in the same
 order); gradients agree to a relative error ``||a - b|| / ||b||`` paired with the dtype.
@@ -12,44 +12,11 @@ import torch
 
 import bdh_kernels
 from bdh_kernels import backends, reference
+from kernel_cases import BACKEND_DEVICE, contiguous, rel_err, sliced, transposed
 
 stdp_module = importlib.import_module("bdh_kernels.stdp")
 
-HAS_CUDA = torch.cuda.is_available()
-BACKEND_DEVICE = {"cpp": "cpu", "triton": "cuda" if HAS_CUDA else "cpu", "cuda": "cuda"}
 GRAD_RTOL = {torch.float64: 1e-12, torch.float32: 1e-6, torch.float16: 1e-3, torch.bfloat16: 1e-2}
-
-
-@pytest.fixture(params=["cpp", "triton", "cuda"])
-def backend(request):
-    """A fast backend, skipped with the reason when it cannot run on this machine."""
-    name = request.param
-    device = torch.device(BACKEND_DEVICE[name]) if name != "cuda" or HAS_CUDA else None
-    reason = backends.unavailable_reason(name, device) if device else "no CUDA device"
-    if reason:
-        pytest.skip(f"{name}: {reason}")
-    return name
-
-
-def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
-    a, b = a.double(), b.double()
-    return ((a - b).norm() / b.norm().clamp_min(1e-30)).item()
-
-
-def contiguous(x):
-    return x
-
-
-def transposed(x):
-    """[T, N] data stored as [N, T]."""
-    return x.t().contiguous().t()
-
-
-def sliced(x):
-    """Every other step and neuron of a bigger buffer: no dim has unit stride."""
-    big = torch.zeros((2 * x.shape[0], 2 * x.shape[1] + 1) + x.shape[2:], dtype=x.dtype, device=x.device)
-    big[::2, 1::2] = x
-    return big[::2, 1::2]
 
 
 def spikes_of(shape, dtype=torch.float32, p=0.3, seed=0, graded=False, device="cpu"):

@@ -1,0 +1,28 @@
+"""Helpers shared by the backend-vs-reference tests of every op family."""
+import torch
+
+HAS_CUDA = torch.cuda.is_available()
+# where each fast backend's tensors live here: triton runs on CPU tensors under the interpreter
+BACKEND_DEVICE = {"cpp": "cpu", "triton": "cuda" if HAS_CUDA else "cpu", "cuda": "cuda"}
+
+
+def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
+    """``||a - b|| / ||b||`` in fp64."""
+    a, b = a.double(), b.double()
+    return ((a - b).norm() / b.norm().clamp_min(1e-30)).item()
+
+
+def contiguous(x):
+    return x
+
+
+def transposed(x):
+    """[T, N] data stored as [N, T]: time is not the outer dim in memory."""
+    return x.t().contiguous().t()
+
+
+def sliced(x):
+    """Every other step and neuron of a bigger buffer: no dim has unit stride."""
+    big = torch.zeros((2 * x.shape[0], 2 * x.shape[1] + 1) + x.shape[2:], dtype=x.dtype, device=x.device)
+    big[::2, 1::2] = x
+    return big[::2, 1::2]
