@@ -342,16 +342,17 @@ def interpreted() -> bool:
     return isinstance(_lif_forward_kernel, InterpretedFunction)
 
 
-def _check_input(x: torch.Tensor):
+def check_input(x: torch.Tensor, name: str = "x"):
+    """The checks every Triton launcher makes on its [P, T, Q] input."""
     if x.dim() != 3:
-        raise ValueError(f"x must be a [P, T, Q] view, got {x.dim()} dims")
+        raise ValueError(f"{name} must be a [P, T, Q] view, got {x.dim()} dims")
     if x.dtype not in SUPPORTED_DTYPES:
-        raise TypeError(f"the triton LIF kernels take fp16/bf16/fp32 input, got {x.dtype}")
+        raise TypeError(f"the triton kernels take fp16/bf16/fp32 input, got {x.dtype} for {name}")
     if x.device.type != "cuda" and not (x.device.type == "cpu" and interpreted()):
-        raise ValueError(f"the triton LIF kernels run on CUDA tensors (CPU tensors only with TRITON_INTERPRET=1 "
-                         f"set before bdh_kernels.triton.lif is imported), got a {x.device.type} tensor")
+        raise ValueError(f"the triton kernels run on CUDA tensors (CPU tensors only with TRITON_INTERPRET=1 "
+                         f"set before bdh_kernels.triton is imported), got a {x.device.type} tensor")
     if x.shape[1] == 0:
-        raise ValueError("x has an empty time dim")
+        raise ValueError(f"{name} has an empty time dim")
 
 
 def _flat_state(state, num_neurons: int, name: str):
@@ -372,7 +373,7 @@ def _device_guard(x: torch.Tensor):
 def lif_forward(x, v_init, i_init, tau_mem, v_threshold, v_reset, decay_input, tau_syn, gated,
                 surrogate, alpha, detach_reset):
     """Triton LIF forward: ``(out, v_final, i_final, v_ckpt, i_ckpt)`` per the contract in bdh_kernels.lif."""
-    _check_input(x)
+    check_input(x)
     P, T, Q = x.shape
     N = P * Q
     syn = tau_syn is not None
@@ -409,7 +410,7 @@ def lif_forward(x, v_init, i_init, tau_mem, v_threshold, v_reset, decay_input, t
 def lif_backward(grad_out, grad_v, grad_i, x, v_ckpt, i_ckpt, tau_mem, v_threshold, v_reset, decay_input,
                  tau_syn, gated, surrogate, alpha, detach_reset):
     """Triton LIF backward: ``(grad_x, grad_v_init, grad_i_init)`` per the contract in bdh_kernels.lif."""
-    _check_input(x)
+    check_input(x)
     P, T, Q = x.shape
     N = P * Q
     syn = tau_syn is not None

@@ -21,6 +21,7 @@ import triton.language as tl
 from ..reference import trace_decay
 from ..stdp import TRACE_BACKWARD_SCHEMA, TRACE_FORWARD_SCHEMA
 from .lif import SUPPORTED_DTYPES, _device_guard, _f32, _launch_config, _mask_if, _neuron_offsets
+from .lif import check_input
 from .lif import interpreted as _lif_interpreted
 
 
@@ -104,15 +105,7 @@ def interpreted() -> bool:
 
 
 def _check_input(x: torch.Tensor, name: str, tau: float):
-    if x.dim() != 3:
-        raise ValueError(f"{name} must be a [P, T, Q] view, got {x.dim()} dims")
-    if x.dtype not in SUPPORTED_DTYPES:
-        raise TypeError(f"the triton STDP kernels take fp16/bf16/fp32 input, got {x.dtype}")
-    if x.device.type != "cuda" and not (x.device.type == "cpu" and interpreted()):
-        raise ValueError(f"the triton STDP kernels run on CUDA tensors (CPU tensors only with TRITON_INTERPRET=1 "
-                         f"set before bdh_kernels.triton is imported), got a {x.device.type} tensor")
-    if x.shape[1] == 0:
-        raise ValueError(f"{name} has an empty time dim")
+    check_input(x, name)
     if not tau >= 1.0 or tau == float("inf"):
         raise ValueError(f"tau must be finite and >= 1, got {tau}")
 
