@@ -20,7 +20,7 @@ import triton.language as tl
 
 from ..reference import trace_decay
 from ..stdp import TRACE_BACKWARD_SCHEMA, TRACE_FORWARD_SCHEMA
-from .lif import SUPPORTED_DTYPES, _device_guard, _f32, _launch_config, _mask_if, _neuron_offsets
+from .lif import _device_guard, _f32, _launch_config, _mask_if, _neuron_offsets
 from .lif import check_input
 from .lif import interpreted as _lif_interpreted
 
