@@ -17,6 +17,15 @@
 namespace bdh {
 namespace {
 
+// A window reads only nb neurons (a few cache lines) of each time step, and consecutive steps are a whole
+// row apart, which the hardware prefetcher does not follow: without these hints the loops wait on memory.
+constexpr int64_t kPrefetchSteps = 8;
+
+template <typename scalar_t>
+inline void prefetch_row(const scalar_t* row, int64_t nb) {
+  for (int64_t j = 0; j < nb; j += 64 / sizeof(scalar_t)) __builtin_prefetch(row + j);
+}
+
 // kUnitStride: x (and grad_out) have stride 1 along the neurons, so loads are contiguous and vectorise.
 template <typename scalar_t, typename T, bool kUnitStride>
 void forward_window(const Window& w, const at::Tensor& x, const LifStep<T> p, const T* v_init,
@@ -38,6 +47,7 @@ void forward_window(const Window& w, const at::Tensor& x, const LifStep<T> p, co
     }
     const scalar_t* xt = xw + t * sT;
     scalar_t* ot = ow + t * Q;
+    if (kUnitStride && t + kPrefetchSteps < T_) prefetch_row(xt + kPrefetchSteps * sT, w.nb);
 #pragma omp simd
     for (int64_t j = 0; j < w.nb; ++j) {
       const T xv = static_cast<T>(xt[j * sQ]);
@@ -78,6 +88,10 @@ void backward_window(const Window& w, const at::Tensor& grad_out, const at::Tens
     for (int64_t t = t0; t < t1; ++t) {  // recompute the segment's membranes, exactly as the forward
       const scalar_t* xt = xw + t * sT;
       T* ht = h_seg[t - t0];
+      if (kUnitStride) {  // this segment's grad_out for the sweep below; x a few steps ahead
+        prefetch_row(gw + t * gT, w.nb);
+        if (t + kPrefetchSteps < t1) prefetch_row(xt + kPrefetchSteps * sT, w.nb);
+      }
 #pragma omp simd
       for (int64_t j = 0; j < w.nb; ++j) {
         const T xv = static_cast<T>(xt[j * sQ]);
@@ -93,6 +107,7 @@ void backward_window(const Window& w, const at::Tensor& grad_out, const at::Tens
       const scalar_t* gt = gw + t * gT;
       scalar_t* gxt = gxw + t * Q;
       const T* ht = h_seg[t - t0];
+      if (kUnitStride && t >= kCheckpointEvery) prefetch_row(xt - kCheckpointEvery * sT, w.nb);  // next segment
 #pragma omp simd
       for (int64_t j = 0; j < w.nb; ++j) {
         const auto g = p.template backward<S>(static_cast<T>(xt[j * sQ]), ht[j], static_cast<T>(gt[j * gQ]),
