@@ -236,3 +236,27 @@ def test_double_backward_is_a_clear_error(backend):
     (grad,) = torch.autograd.grad(out.sum(), x, create_graph=True)
     with pytest.raises(RuntimeError, match="no second derivative"):
         grad.sum().backward()
+
+
+@needs_cpp
+def test_generic_cpu_kernels_match_too():
+    """The cpp kernels are compiled for AVX2 and for plain x86-64 and picked by the CPU; the backend
+    tests run whichever this machine picks, so the other one is checked here in a fresh process."""
+    import os
+    import subprocess
+    import sys
+
+    script = (
+        "import torch, bdh_kernels\n"
+        "x = (torch.randn(70, 3, 67, generator=torch.Generator().manual_seed(0)) * 2 + 0.5).requires_grad_()\n"
+        "grads = []\n"
+        "for backend in ('cpp', 'reference'):\n"
+        "    out, st = bdh_kernels.lif(x, backend=backend, tau_syn=2.0, surrogate='erf', return_state=True)\n"
+        "    grads.append((out, torch.autograd.grad((out * 1.5).sum() + st.v.sum(), x)[0]))\n"
+        "(o1, g1), (o2, g2) = grads\n"
+        "assert torch.equal(o1, o2), 'spikes differ'\n"
+        "assert ((g1 - g2).norm() / g2.norm()).item() < 1e-5, 'gradients differ'\n"
+    )
+    env = dict(os.environ, BDH_KERNELS_NO_AVX2="1")
+    result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
