@@ -1,0 +1,213 @@
+"""Markdown tables (and optional PNG plots) from a pytest-benchmark JSON of benchmarks/bench_lif.py.
+
+    pytest benchmarks/ --benchmark --benchmark-json=/tmp/lif_bench.json
+    python benchmarks/report.py /tmp/lif_bench.json                    # Markdown to stdout
+    python benchmarks/report.py /tmp/lif_bench.json --plots plots/     # also PNGs, if matplotlib is installed
+
+Tables, per device / dtype / mode: the median (and min) in ms of each library on each shape; each median over the
+4-clone floor measured in the same run for the same shape; bytes autograd saves per neuron-step
+(fwd+bwd); and the goal lines of issue 3 for bdh_cpp on [128, 32, 4096]. Everything is computed from the
+JSON's medians (not from numbers recorded elsewhere).
+"""
+import argparse
+import json
+import os
+import sys
+from collections import defaultdict
+
+LIBRARY_ORDER = ["bdh_cpp", "bdh_triton", "bdh_cuda", "bdh_reference", "spikingjelly", "snntorch_unbind",
+                 "norse_lifbox_unbind", "norse_lifcell_unbind", "plain_loop", "floor_4_clones"]
+PEERS = ["spikingjelly", "snntorch_unbind", "norse_lifbox_unbind", "norse_lifcell_unbind"]
+TARGET_SHAPE = (128, 32, 4096)
+
+
+def load(path):
+    with open(path) as f:
+        data = json.load(f)
+    rows = []
+    for b in data.get("benchmarks", []):
+        info = b.get("extra_info", {})
+        if "library" not in info:
+            continue  # not a LIF case
+        rows.append({
+            "device": info["device"], "dtype": info["dtype"], "mode": info["mode"],
+            "shape": tuple(info["shape"]), "library": info["library"], "full": info.get("full"),
+            "median_s": b["stats"]["median"], "min_s": b["stats"]["min"], "rounds": b["stats"]["rounds"],
+            "saved": info.get("saved_bytes_per_neuron_step"),
+        })
+    return data, rows
+
+
+def _libs(rows):
+    present = {r["library"] for r in rows}
+    return [lib for lib in LIBRARY_ORDER if lib in present] + sorted(present - set(LIBRARY_ORDER))
+
+
+def _shape(shape):
+    return "[" + ", ".join(map(str, shape)) + "]"
+
+
+def _table(header, body):
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(row) + " |" for row in body]
+    return "\n".join(lines)
+
+
+def header_lines(data, rows):
+    mi = data.get("machine_info", {})
+    cpu = mi.get("cpu", {}) or {}
+    out = ["## Run", ""]
+    out.append(f"- date: {data.get('datetime', '?')}")
+    out.append(f"- machine: {mi.get('node', '?')}, {cpu.get('brand_raw', mi.get('processor', '?'))}, "
+               f"{mi.get('bdh_cpu_count', cpu.get('count', '?'))} CPUs visible to torch: "
+               f"{mi.get('bdh_torch_threads', '?')} threads")
+    out.append(f"- python {mi.get('python_version', '?')}, torch {mi.get('bdh_torch', '?')}, "
+               f"pytest-benchmark {data.get('version', '?')}")
+    if mi.get("bdh_cuda_device"):
+        out.append(f"- GPU: {mi['bdh_cuda_device']}")
+    peers = mi.get("bdh_peer_versions")
+    if peers:
+        out.append("- peers: " + ", ".join(f"{k} {v}" for k, v in peers.items()))
+    if mi.get("bdh_backends"):
+        out.append(f"- bdh_kernels backends available: {', '.join(mi['bdh_backends'])}")
+    start, end = mi.get("bdh_loadavg_start"), mi.get("bdh_loadavg_end")
+    if start and end:
+        out.append(f"- load average (1, 5, 15 min) at start: {', '.join(f'{v:.2f}' for v in start)}; "
+                   f"at end: {', '.join(f'{v:.2f}' for v in end)} (the run itself adds about 2 at the end)")
+    if mi.get("bdh_cpu_busy_at_start") is not None:
+        busy = mi["bdh_cpu_busy_at_start"]
+        out.append(f"- CPU busy with other work during 1 s before the run: {busy:.0%}"
+                   + (" (**timings unreliable**)" if busy > 0.2 else ""))
+    full = {r["full"] for r in rows}
+    if full == {False}:
+        out.append("- **smoke run** (tiny sizes, one round each): these timings mean nothing")
+    rounds = sorted({r["rounds"] for r in rows})
+    if rounds:
+        out.append(f"- rounds per case: {rounds[0]}–{rounds[-1]} (median reported)")
+    return out
+
+
+def tables(rows):
+    out = []
+    groups = defaultdict(list)
+    for r in rows:
+        groups[(r["device"], r["dtype"], r["mode"])].append(r)
+    for (device, dtype, mode), grp in sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][1], kv[0][2] != "fwd")):
+        libs = _libs(grp)
+        shapes = sorted({r["shape"] for r in grp}, key=lambda s: [s != TARGET_SHAPE] + list(s))
+        by = {(r["shape"], r["library"]): r for r in grp}
+        title = f"{device} {dtype}, {'forward (no_grad)' if mode == 'fwd' else 'forward + backward'}"
+        out += [f"### {title}: median ms", ""]
+        out.append(_table(["T, B, N"] + libs, [
+            [_shape(s)] + [f"{by[(s, lib)]['median_s'] * 1e3:.2f}" if (s, lib) in by else "–" for lib in libs]
+            for s in shapes]))
+        out.append("")
+        out += [f"### {title}: min ms (the least disturbed round; compare with the median for noise)", ""]
+        out.append(_table(["T, B, N"] + libs, [
+            [_shape(s)] + [f"{by[(s, lib)]['min_s'] * 1e3:.2f}" if (s, lib) in by else "–" for lib in libs]
+            for s in shapes]))
+        out.append("")
+        if any(lib == "floor_4_clones" for lib in libs):
+            out += [f"### {title}: time / time of 4 clones of x (same run, same shape)", ""]
+            body = []
+            for s in shapes:
+                floor = by.get((s, "floor_4_clones"))
+                row = [_shape(s)]
+                for lib in libs:
+                    r = by.get((s, lib))
+                    row.append(f"{r['median_s'] / floor['median_s']:.2f}" if r and floor else "–")
+                body.append(row)
+            out.append(_table(["T, B, N"] + libs, body))
+            out.append("")
+        if mode == "fwd+bwd":
+            saved_libs = [lib for lib in libs if lib != "floor_4_clones"]
+            out += [f"### {title}: bytes saved for backward per neuron-step (besides the input)", ""]
+            out.append(_table(["T, B, N"] + saved_libs, [
+                [_shape(s)] + [f"{by[(s, lib)]['saved']:.3f}" if (s, lib) in by and by[(s, lib)]["saved"] is not None
+                               else "–" for lib in saved_libs] for s in shapes]))
+            out.append("")
+    return out
+
+
+def goal_lines(rows):
+    """Issue 3's goals for bdh_cpp, fp32 forward+backward on [128, 32, 4096]."""
+    by = {(r["library"]): r for r in rows
+          if (r["device"], r["dtype"], r["mode"], r["shape"]) == ("cpu", "float32", "fwd+bwd", TARGET_SHAPE)}
+    out = ["## Goals of issue 3 (bdh_cpp, fp32, forward + backward, [128, 32, 4096])", ""]
+    cpp = by.get("bdh_cpp")
+    if cpp is None:
+        return out + ["- not measured in this run (needs `--benchmark` and the cpp backend)", ""]
+    peers = {p: by[p] for p in PEERS if p in by}
+    if peers:
+        best = min(peers, key=lambda p: peers[p]["median_s"])
+        speedup = peers[best]["median_s"] / cpp["median_s"]
+        out.append(f"- {'PASS' if speedup >= 3 else 'FALLS SHORT'}: speedup over the fastest peer {speedup:.2f}x "
+                   f"(bdh_cpp {cpp['median_s'] * 1e3:.1f} ms, {best} {peers[best]['median_s'] * 1e3:.1f} ms); goal >= 3x")
+    else:
+        out.append("- no peer measured (pip install --no-deps -r requirements-peers.txt)")
+    floor = by.get("floor_4_clones")
+    if floor:
+        ratio = cpp["median_s"] / floor["median_s"]
+        out.append(f"- {'PASS' if ratio <= 1 else 'FALLS SHORT'}: {ratio:.2f}x the time of four clones of x "
+                   f"({floor['median_s'] * 1e3:.1f} ms); goal <= 1x")
+    if cpp["saved"] is not None:
+        out.append(f"- {'PASS' if cpp['saved'] <= 1 else 'FALLS SHORT'}: {cpp['saved']:.3f} bytes saved per "
+                   "neuron-step; goal <= 1")
+    return out + [""]
+
+
+def plots(rows, folder):
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("<!-- plots skipped: matplotlib is not installed (pip install matplotlib) -->", file=sys.stderr)
+        return []
+    os.makedirs(folder, exist_ok=True)
+    written = []
+    groups = defaultdict(list)
+    for r in rows:
+        groups[(r["device"], r["dtype"], r["mode"])].append(r)
+    for (device, dtype, mode), grp in groups.items():
+        libs = _libs(grp)
+        shapes = sorted({r["shape"] for r in grp}, key=lambda s: [s != TARGET_SHAPE] + list(s))
+        by = {(r["shape"], r["library"]): r["median_s"] * 1e3 for r in grp}
+        fig, ax = plt.subplots(figsize=(1.6 + 1.1 * len(libs) * len(shapes) / 3, 4.5))
+        width = 0.8 / len(libs)
+        for i, lib in enumerate(libs):
+            xs = [j + i * width for j in range(len(shapes))]
+            ax.bar(xs, [by.get((s, lib), 0) for s in shapes], width, label=lib)
+        ax.set_xticks([j + 0.4 - width / 2 for j in range(len(shapes))])
+        ax.set_xticklabels([_shape(s) for s in shapes])
+        ax.set_yscale("log")
+        ax.set_ylabel("median ms (log)")
+        ax.set_title(f"LIF {device} {dtype} {mode}")
+        ax.legend(fontsize=7, ncol=2)
+        fig.tight_layout()
+        path = os.path.join(folder, f"lif_{device}_{dtype}_{mode.replace('+', '_')}.png")
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        written.append(path)
+    return written
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("json", help="file written by pytest --benchmark-json")
+    ap.add_argument("--plots", metavar="DIR", help="also write PNG bar charts there (needs matplotlib)")
+    args = ap.parse_args(argv)
+    data, rows = load(args.json)
+    if not rows:
+        print(f"no LIF benchmark in {args.json}", file=sys.stderr)
+        return 1
+    print("\n".join(header_lines(data, rows) + [""] + goal_lines(rows) + tables(rows)))
+    if args.plots:
+        for path in plots(rows, args.plots):
+            print(f"<!-- plot written: {path} -->")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
