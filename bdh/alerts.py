@@ -260,13 +260,15 @@ class AlertMonitor:
         loss = _number(row, "train_loss")
         if loss is None or math.isnan(loss):
             return None
-        return loss > self.loss_max, loss, self.loss_max, f"train_loss {_fmt(loss)} > {_fmt(self.loss_max)}"
+        high = loss > self.loss_max
+        return high, loss, self.loss_max, f"train_loss {_fmt(loss)} {'>' if high else '<='} {_fmt(self.loss_max)}"
 
     def _grad(self, row: dict):
         norm = _number(row, "grad_norm")
         if norm is None or math.isnan(norm):
             return None
-        return norm > self.grad_norm_max, norm, self.grad_norm_max, f"grad_norm {_fmt(norm)} > {_fmt(self.grad_norm_max)}"
+        high = norm > self.grad_norm_max
+        return high, norm, self.grad_norm_max, f"grad_norm {_fmt(norm)} {'>' if high else '<='} {_fmt(self.grad_norm_max)}"
 
     def _firing(self, row: dict):
         rates = {k: _number(row, k) for k in row if k == "firing_rate" or LAYER_RATE.match(k)}
@@ -275,17 +277,22 @@ class AlertMonitor:
             return None
         high = {k: v for k, v in rates.items() if v > self.firing_rate_max}
         top = max(rates.values())
-        message = ", ".join(f"{k} {_fmt(v)}" for k, v in (high or rates).items()) + f" > {_fmt(self.firing_rate_max)}"
+        if high:
+            message = ", ".join(f"{k} {_fmt(v)}" for k, v in high.items()) + f" > {_fmt(self.firing_rate_max)}"
+        else:
+            message = f"highest firing rate {_fmt(top)} <= {_fmt(self.firing_rate_max)}"
         return bool(high), top, self.firing_rate_max, message
 
     def _plateau_rule(self, row: dict, step: int):
         loss = _number(row, "train_loss")
-        p = self._plateau
-        stage = row.get("stage", p.stage)
-        if stage != p.stage or (p.last_step is not None and step <= p.last_step):
-            p.reset(stage)
         if loss is None or not math.isfinite(loss):
             return None
+        p = self._plateau
+        stage = row.get("stage", p.stage)
+        if stage != p.stage or (p.last_step is not None and step < p.last_step):
+            p.reset(stage)
+        elif step == p.last_step:
+            return None  # a second row for the same step (an eval row, say): its loss is counted
         p.add(step, loss)
         if not math.isfinite(p.best_before):
             return False, None, self.plateau_min_improvement, "less than 500 iterations of history in this stage"

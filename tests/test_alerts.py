@@ -149,6 +149,19 @@ def test_plateau_never_fires_before_500_iterations_of_history():
     assert events == []
 
 
+def test_plateau_ignores_a_second_row_for_the_same_step_and_restarts_when_steps_go_back():
+    rows = []
+    for s in range(0, 1000, 50):
+        rows.append({"step": s, "stage": 1, "train_loss": 4.0})
+        rows.append({"step": s, "stage": 1, "train_loss": 4.0, "val_loss": 4.1})  # an eval row at the same step
+    _, events = run(rows)
+    assert [(a.name, a.step) for a in events] == [("loss_plateau", 500)]
+    resumed = rows[:30] + [{"step": s, "stage": 1, "train_loss": 4.0} for s in range(400, 1000, 50)]
+    _, events = run(resumed)  # a resumed run rewrites its log from step 400: the history restarts there
+    assert [(a.name, a.state, a.step) for a in events] == [
+        ("loss_plateau", START, 500), ("loss_plateau", CLEAR, 400), ("loss_plateau", START, 900)]
+
+
 def test_plateau_history_restarts_at_a_stage_change():
     rows = [{"step": s, "stage": 1 if s < 600 else 2, "train_loss": 4.0} for s in range(0, 1200, 50)]
     _, events = run(rows)
