@@ -268,7 +268,8 @@ class AlertMonitor:
         if norm is None or math.isnan(norm):
             return None
         high = norm > self.grad_norm_max
-        return high, norm, self.grad_norm_max, f"grad_norm {_fmt(norm)} {'>' if high else '<='} {_fmt(self.grad_norm_max)}"
+        message = f"grad_norm {_fmt(norm)} {'>' if high else '<='} {_fmt(self.grad_norm_max)}"
+        return high, norm, self.grad_norm_max, message
 
     def _firing(self, row: dict):
         rates = {k: _number(row, k) for k in row if k == "firing_rate" or LAYER_RATE.match(k)}

@@ -44,9 +44,10 @@ Text (text_completion, chain_of_thought) ``coherence(text)``:
       bundled starter set's text_completion and chain_of_thought train split). *Distinct-3*: unique
       word trigrams / all word trigrams (1 below three words). The first factor measures what a
       byte-level model learns first, spelling real words (random bytes score 0; the starter val
-      answers 0.96 for text, 0.91 for chain of thought); the second catches the commonest failure of greedy decoding, looping ("the
-      king the king the king" scores low although every word is real). Both are counts, in [0, 1],
-      need no model, and are defined the same for every checkpoint. Empty text scores 0.
+      answers 0.96 for text, 0.91 for chain of thought); the second catches the commonest failure
+      of greedy decoding, looping ("the king the king the king" scores low although every word is
+      real). Both are counts, in [0, 1], need no model, and are defined the same for every
+      checkpoint. Empty text scores 0.
 
 Overall score ``overall(metrics)``: the mean over the capabilities present, each weighing the
 same: text (coherence), function calling (format and argument accuracy, half each), bash (format
@@ -205,7 +206,8 @@ class EpisodeScore:
         return self.correct / self.steps if self.steps else 0.0
 
 
-def score_tool_episode(outputs: Union[str, Sequence[str]], reference_calls: Sequence, offered_schemas=()) -> EpisodeScore:
+def score_tool_episode(outputs: Union[str, Sequence[str]], reference_calls: Sequence,
+                       offered_schemas=()) -> EpisodeScore:
     """Score a tool-use episode.
 
     outputs:         one model output per call step, in order (each step generated from the
@@ -269,7 +271,8 @@ local logout mapfile popd printf pushd pwd read readarray readonly return set sh
 suspend test times trap true type typeset ulimit umask unalias unset wait
 """.split())
 
-BASH_KEYWORDS = frozenset("if then else elif fi case esac for select while until do done in function time { } ! coproc".split())
+BASH_KEYWORDS = frozenset("if then else elif fi case esac for select while until do done in function time { } ! "
+                          "coproc".split())
 
 # Common commands of Linux and macOS systems and their usual tools, so that the validity of the
 # usual answers does not depend on what the evaluating machine has installed.
@@ -681,7 +684,8 @@ def default_vocabulary() -> frozenset:
     from bdh.data import load_splits  # imports torch: only when a default vocabulary is needed
 
     splits = load_splits(None)
-    texts = [t for task in ("text_completion", "chain_of_thought") for r in splits[task].train for t in (r.prompt, r.target)]
+    texts = [text for task in ("text_completion", "chain_of_thought") for r in splits[task].train
+             for text in (r.prompt, r.target)]
     return build_vocabulary(texts)
 
 

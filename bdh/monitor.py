@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 from typing import List, Optional, Tuple
 
-from .alerts import CLEAR, CRITICAL, START, Alert, AlertMonitor
+from .alerts import CRITICAL, START, Alert, AlertMonitor
 
 METRICS_FILE = "metrics.jsonl"
 DEFAULT_LOG_DIR = "runs"
@@ -346,7 +346,7 @@ def write_dashboard(state: RunState, path) -> None:
         if ys and min(ys) > 0:
             ax.set_yscale("log")
     for ax in (loss_ax, grad_ax, fire_ax, lr_ax, ratio_ax):
-        for step, stage, name in state.stages[1:]:
+        for step, _, _ in state.stages[1:]:
             ax.axvline(step, color="gray", ls="--", lw=0.8)
         ax.set_xlabel("step")
         ax.grid(alpha=0.3)

@@ -1,7 +1,6 @@
 """bdh.evaluate's metrics on hand-made model outputs: correct, malformed and partly correct calls,
 commands, episodes and text, with the scores each must get."""
 import json
-import math
 
 import pytest
 
