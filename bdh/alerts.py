@@ -10,8 +10,9 @@ The trainer and ``python -m bdh.monitor`` raise the same alerts from this one cl
 =================  ========  ===============================================  ==========================
 name               severity  condition, on one metrics row                    action (the guide's)
 =================  ========  ===============================================  ==========================
-nan_detected       critical  a numeric value in the row is NaN or infinite,   Stop training, reduce LR
-                             or ``nan_count`` / ``inf_count`` (the trainer's
+nan_detected       critical  a value in the row is NaN, infinite or null      Stop training, reduce LR
+                             (how JSON writers without NaN write it), or
+                             ``nan_count`` / ``inf_count`` (the trainer's
                              cumulative skipped-step counters) grew
 loss_high          critical  ``train_loss`` > 10                              Check data, reduce LR
 grad_norm_high     warning   ``grad_norm`` > 100                              Enable gradient clipping
@@ -240,8 +241,8 @@ class AlertMonitor:
     # -- the rules: each returns None (cannot tell from this row) or (active, value, threshold, message)
 
     def _nan(self, row: dict):
-        bad = [f"{k}={v}" for k, v in row.items()
-               if isinstance(v, float) and not math.isfinite(v)]
+        bad = [f"{k}={'null' if v is None else v}" for k, v in row.items()
+               if v is None or isinstance(v, float) and not math.isfinite(v)]
         grew = []
         for key in COUNTERS:
             count = _number(row, key)

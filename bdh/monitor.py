@@ -149,7 +149,8 @@ class RunState:
         self.alerts = AlertMonitor()
         self.events: List[Alert] = []  # every start and clear, in order
         self.stages: List[Tuple[int, object, str]] = []  # (first step, stage, stage_name)
-        self.last_val: Optional[Tuple[int, float]] = None
+        self.last_val: Optional[Tuple[int, float]] = None  # (step, val_loss) of the latest eval
+        self.last_val_tasks: dict = {}  # val_loss_<task> of the latest eval that logged them
 
     def add(self, rows: List[dict]) -> List[Alert]:
         new = []
@@ -161,6 +162,7 @@ class RunState:
                 self.stages.append((row["step"], stage, str(row.get("stage_name", ""))))
             if isinstance(row.get("val_loss"), (int, float)):
                 self.last_val = (row["step"], row["val_loss"])
+                self.last_val_tasks = {k: v for k, v in row.items() if k.startswith("val_loss_")}
         self.events += new
         return new
 
@@ -229,6 +231,9 @@ def render(state: RunState, path: Path, reader: Optional[MetricsReader] = None, 
                  + (f"   sparsity_loss {_num(row['sparsity_loss'])}" if "sparsity_loss" in row else ""))
     shown.update({"train_loss", "sparsity_loss"})
     group("tasks", sorted(k for k in row if k.startswith("task_loss_")))
+    shown.update(k for k in row if k.startswith("val_loss_"))
+    if state.last_val_tasks:
+        lines.append(f"  {'val':<9}" + "   ".join(f"{k} {_num(v)}" for k, v in sorted(state.last_val_tasks.items())))
     group("grads", ["grad_norm", "grad_max", "nan_count", "inf_count"])
     group("neurons", ["firing_rate"] + sorted((k for k in row if k.startswith("firing_rate_layer")),
                                               key=lambda k: int(k[len("firing_rate_layer"):] or 0))
@@ -319,6 +324,8 @@ def write_dashboard(state: RunState, path) -> None:
     xs, ys = _series(rows, "val_loss")
     if xs:
         loss_ax.plot(xs, ys, "o-", color="tab:red", ms=3, lw=1, label="val_loss")
+    for key in sorted({k for row in rows for k in row if k.startswith("val_loss_")}):
+        loss_ax.plot(*_series(rows, key), "x--", ms=3, lw=0.7, alpha=0.8, label=f"val {key[len('val_loss_'):]}")
     loss_ax.set_title("loss by task")
 
     grad_ax.plot(*_series(rows, "grad_norm"), lw=1, label="grad_norm")
@@ -513,6 +520,9 @@ def main(argv=None) -> int:
         print(f"python -m bdh.monitor: error: {e}", file=sys.stderr)
         return EXIT_ERROR
     except KeyboardInterrupt:
+        return EXIT_OK
+    except BrokenPipeError:  # the reader went away (| head): stop quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return EXIT_OK
 
 

@@ -23,6 +23,7 @@ def healthy_rows(steps=2000, log_every=1, stage_at=None, layers=2, seed=0, eval_
         row = {"step": step, "stage": stage, "stage_name": name, "train_loss": loss}
         if eval_every and step % eval_every == 0:
             row["val_loss"] = loss + 0.05
+            row.update({f"val_loss_{task}": loss + 0.05 + 0.1 * i for i, task in enumerate(tasks)})
         for i, task in enumerate(tasks):
             row[f"task_loss_{task}"] = loss + 0.1 * (i - 1) + rng.gauss(0, 0.05)
         rate = 0.1 + rng.gauss(0, 0.005)

@@ -43,7 +43,8 @@ def test_the_table_is_the_guides():
 
 
 @pytest.mark.parametrize("key, value", [("train_loss", math.nan), ("grad_norm", math.nan), ("grad_norm", math.inf),
-                                        ("firing_rate_layer1", math.nan), ("val_loss", math.nan)])
+                                        ("firing_rate_layer1", math.nan), ("val_loss", math.nan),
+                                        ("train_loss", None), ("grad_norm", None)])  # null: NaN in strict JSON
 def test_nan_in_any_metric_is_critical(key, value):
     rows = healthy_rows(300, log_every=10)
     rows[12][key] = value

@@ -84,8 +84,12 @@ def test_reader_starts_again_when_the_file_is_rewritten(tmp_path):
 def test_once_on_a_healthy_run_exits_0(run_dir, capsys):
     assert main(["--log-dir", str(run_dir), "--once"]) == EXIT_OK
     out = capsys.readouterr().out
+    last = healthy_rows(1000, log_every=10, stage_at=600)[-1]
     assert "step 1000" in out and "stage 2 function_calling" in out and "0 active: none" in out
-    assert "task_loss_function_call" in out and "firing_rate_layer1" in out
+    assert f"train_loss {last['train_loss']:.4g}" in out and f"val_loss {last['val_loss']:.4g} (step 1000)" in out
+    assert f"val_loss_function_call {last['val_loss_function_call']:.4g}" in out
+    assert f"task_loss_function_call {last['task_loss_function_call']:.4g}" in out
+    assert f"firing_rate_layer1 {last['firing_rate_layer1']:.4g}" in out
 
 
 def test_once_exits_2_while_a_critical_alert_is_active(tmp_path, capsys):
