@@ -217,7 +217,7 @@ def render(state: RunState, path: Path, reader: Optional[MetricsReader] = None, 
     stage_text = f"stage {stage}" + (f" {row['stage_name']}" if row.get("stage_name") else "") if stage is not None else "stage -"
     lines.append(f"  step {row['step']}   {stage_text}   rows {len(state.rows)}{age}")
     if len(state.stages) > 1:
-        lines.append("  stages   " + "   ".join(f"{s} {n} from step {st}" for st, s, n in state.stages))
+        lines.append("  stages   " + "   ".join(f"{s} {n} (first row: step {st})" for st, s, n in state.stages))
     val = f"{_num(state.last_val[1])} (step {state.last_val[0]})" if state.last_val else "-"
     shown = {"step", "stage", "stage_name", "time", "val_loss"}
 
