@@ -1,0 +1,214 @@
+"""The Hatching model: BDH-GPU (Kosowski et al., 2025, "The Dragon Hatchling") with a spiking core.
+
+BDH-GPU's ReLU sparse layer is replaced by leaky integrate-and-fire neurons running along the token
+axis: each of the N neurons per head integrates its drive token by token (``bdh_kernels.lif``).
+Per layer, with x the residual stream [B, 1, T, D] and LN a LayerNorm without parameters::
+
+    x_lat = x @ E_x                                      # [B, nh, T, N] drive of the x neurons
+    x_s   = lif(x_lat, time_dim=2, output="gated")       # spikes * relu(drive): sparse, positive
+    k     = stdp_traces(x_s, tau_plus, time_dim=2)       # pre-synaptic traces (x_s itself without STDP)
+    y_att = LN(sum_{j < t} <rope(x_s)_t, rope(k)_j> x_j) # strictly causal linear attention, v = x
+    y_s   = lif(y_att @ E_y, time_dim=2, output="gated")
+    x     = LN(x + LN(sum_heads (x_s * y_s) @ Dec))      # Hebbian gating, decoder back to D
+
+Keys are the neurons' STDP traces: a key at position j remembers the spikes of the last ~tau_plus
+tokens up to j, so a query neuron that fires now attends to positions after which that neuron (or its
+co-active neighbours) had fired recently. The switches give the ablations: ``lif.enabled=False`` is
+ReLU BDH-GPU, ``stdp.enabled=False`` uses x_s as keys (upstream's Q = K).
+
+Neurons must fire. The drive is LN(x) @ E, so its spread is std(E) * sqrt(D); E_x and E_y are
+initialised so that the membrane's spread under the LIF filter puts ``bio.sparsity_target`` of it above
+threshold (:func:`drive_std`), and the loss adds ``sparsity_weight * mean((rate - target)^2)`` over the
+2 * n_layer neuron populations, which keeps the rate near the target in training.
+"""
+import math
+from statistics import NormalDist
+from typing import NamedTuple, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from bdh_kernels import lif, stdp_traces
+
+
+def drive_std(tau_mem, tau_syn, decay_input, v_threshold, v_reset, rate, steps=512):
+    """The drive spread (std over neurons and tokens) that makes a fraction ``rate`` of membranes cross
+    threshold, if the drive were white noise and the neuron never reset: the membrane is then a linear
+    filter of the drive with impulse response r_n, its std is std(drive) * sqrt(sum r_n^2), and
+    P(h > threshold) = rate gives std(drive) = (threshold - v_rest) / (z_rate * sqrt(sum r_n^2)).
+    Real drives are correlated over tokens and spikes reset the membrane, which move the rate in
+    opposite directions; tests check that the rate at init stays within [0.02, 0.3].
+    """
+    k = 1.0 / tau_mem
+    a = 1.0 - 1.0 / tau_syn if tau_syn else 0.0
+    i = v = 0.0
+    energy = 0.0
+    for n in range(steps):  # impulse response of drive -> current -> membrane
+        i = a * i + (1.0 if n == 0 else 0.0)
+        v = v + (i - v) * k if decay_input else v * (1 - k) + i
+        energy += v * v
+    v_rest = v_reset if v_reset is not None else 0.0
+    z = NormalDist().inv_cdf(1.0 - min(max(rate, 1e-3), 0.5))
+    return (v_threshold - v_rest) / (max(z, 0.1) * math.sqrt(energy))
+
+
+# LayerNorm floors for the two rows that can be (nearly) empty. A token whose queries overlap no key's
+# spikes gets an attention output near 0, and a token with no co-active x and y neurons a decoder output
+# near 0; LayerNorm with eps 1e-5 scales such a row, and its gradient, by up to 1/sqrt(1e-5) (gradient
+# norms of 1e9 measured at init). These eps keep weak rows weak. Typical attention rows have variance
+# 1e2-1e8 (sums over all earlier keys) and decoder rows 1e-2-1 at init, so ordinary rows are unaffected
+# and weak ones are normalised softly.
+ATTENTION_EPS = 1.0
+DECODER_EPS = 1e-2
+
+
+def layer_norm(x, eps=1e-5):
+    return F.layer_norm(x, x.shape[-1:], eps=eps)
+
+
+class RoPE(torch.autograd.Function):
+    """Rotary position embedding on adjacent pairs (upstream BDH's layout), saving no activations.
+
+    Each pair (v[2i], v[2i+1]) is a complex number v[2i] + i v[2i+1] rotated by its phase: with
+    ``phase = cos + i sin``, out[2i] = v[2i] cos - v[2i+1] sin and out[2i+1] = v[2i+1] cos + v[2i] sin,
+    upstream's ``v * cos + rot(v) * sin``. One complex multiplication (in fp32 at least); the backward is
+    the rotation by the conjugate phase, so nothing but the [T, N/2] phase table is saved.
+    """
+
+    @staticmethod
+    def rotate(v, phase):
+        work = v.to(torch.promote_types(v.dtype, torch.float32)).contiguous()
+        pairs = torch.view_as_complex(work.view(*v.shape[:-1], v.shape[-1] // 2, 2))
+        return torch.view_as_real(pairs * phase).view(v.shape).to(v.dtype)
+
+    @staticmethod
+    def forward(ctx, v, phase):
+        ctx.save_for_backward(phase)
+        return RoPE.rotate(v, phase)
+
+    @staticmethod
+    def backward(ctx, grad):
+        (phase,) = ctx.saved_tensors
+        return RoPE.rotate(grad, phase.conj()), None
+
+
+def rope_phases(t, n, device, theta=2.0**16):
+    """[T, N/2] complex64 unit phases of upstream BDH: angle = 2 pi frac(position * freq), one freq per pair."""
+    pair = torch.arange(0, n, 2, device=device, dtype=torch.float32)
+    freqs = 1.0 / theta ** (pair / n) / (2 * math.pi)
+    phases = torch.arange(t, device=device, dtype=torch.float32)[:, None] * freqs
+    angle = (phases % 1) * (2 * math.pi)
+    return torch.polar(torch.ones_like(angle), angle)
+
+
+def causal_linear_attention(q, k, v):
+    """sum_{j < t} <q_t, k_j> v_j: no softmax, key index strictly below the query index."""
+    scores = (q @ k.mT).tril(diagonal=-1)
+    return scores @ v
+
+
+def firing_rate(s):
+    """Fraction of neuron-steps with a nonzero (gated) output, with a gradient.
+
+    The value is the exact fraction; the gradient is that of mean(s) divided by the mean active value,
+    so it flows through the LIF op's surrogate to the drive. (A spike whose drive is not positive
+    outputs 0 and is not counted: under hard reset without tau_syn, every spike has a positive drive.)
+    """
+    active = (s.detach() > 0).sum()
+    mean_active = s.detach().sum() / active.clamp_min(1)
+    rate = active.float() / s.numel()
+    mean = s.float().mean()
+    return rate + (mean - mean.detach()) / mean_active.clamp_min(1e-6)
+
+
+class Output(NamedTuple):
+    logits: torch.Tensor           # [B, T, 256]
+    rates: torch.Tensor            # [n_layer, 2] firing rate of the x and y neurons (differentiable)
+    drive: Optional[torch.Tensor]  # [n_layer, 3] sum, sum of squares, count of the LIF input currents
+
+
+class HatchingLayer(nn.Module):
+    """E_x, E_y and Dec: one layer's weights (or all layers', with model.shared_weights)."""
+
+    def __init__(self, cfg):
+        super().__init__()
+        m, nh = cfg.model, cfg.model.n_head
+        d = m.n_embd
+        n = m.mlp_internal_dim_multiplier * d // nh
+        lc = cfg.lif
+        std = drive_std(lc.tau_mem, lc.tau_syn, lc.decay_input, lc.v_threshold, lc.v_reset,
+                        cfg.bio.sparsity_target) / math.sqrt(d)
+        self.E_x = nn.Parameter(torch.randn(nh, d, n) * std)
+        self.E_y = nn.Parameter(torch.randn(nh, d, n) * std)
+        self.Dec = nn.Parameter(torch.randn(nh, n, d) * 0.02)
+        self.cfg = cfg
+        self.drop = nn.Dropout(m.dropout)
+
+    def neurons(self, drive):
+        lc = self.cfg.lif
+        if not lc.enabled:
+            return F.relu(drive)
+        return lif(drive, tau_mem=lc.tau_mem, v_threshold=lc.v_threshold, v_reset=lc.v_reset,
+                   decay_input=lc.decay_input, tau_syn=lc.tau_syn, surrogate=lc.surrogate, alpha=lc.alpha,
+                   detach_reset=lc.detach_reset, time_dim=2, output="gated", backend=lc.backend)
+
+    def forward(self, x, phase, collect_stats: bool = False):
+        x_lat = x @ self.E_x                                         # [B, nh, T, N]
+        x_s = self.neurons(x_lat)
+        k = stdp_traces(x_s, self.cfg.stdp.tau_plus, time_dim=2, backend=self.cfg.lif.backend) \
+            if self.cfg.stdp.enabled else x_s
+        y_att = layer_norm(causal_linear_attention(RoPE.apply(x_s, phase), RoPE.apply(k, phase), x), ATTENTION_EPS)
+        y_lat = y_att @ self.E_y
+        y_s = self.neurons(y_lat)
+        xy = self.drop(x_s * y_s)
+        y = layer_norm((xy @ self.Dec).sum(1, keepdim=True), DECODER_EPS)  # [B, 1, T, D]
+        x = layer_norm(x + y)
+        rates = torch.stack((firing_rate(x_s), firing_rate(y_s)))
+        drive = None
+        if collect_stats:
+            with torch.no_grad():
+                drive = torch.stack([sum(t.float().sum() for t in (x_lat, y_lat)),
+                                     sum(t.float().square().sum() for t in (x_lat, y_lat)),
+                                     torch.tensor(float(x_lat.numel() + y_lat.numel()), device=x.device)])
+        return x, rates, drive
+
+
+class Hatching(nn.Module):
+    def __init__(self, cfg):
+        super().__init__()
+        m = cfg.model
+        self.cfg = cfg
+        self.n_neurons = m.mlp_internal_dim_multiplier * m.n_embd // m.n_head  # N per head
+        self.embed = nn.Embedding(m.vocab_size, m.n_embd)
+        nn.init.normal_(self.embed.weight, std=0.02)
+        self.layers = nn.ModuleList(HatchingLayer(cfg) for _ in range(1 if m.shared_weights else m.n_layer))
+        self.lm_head = nn.Parameter(torch.randn(m.n_embd, m.vocab_size) * 0.02)
+        self.activation_checkpointing = False
+        self.collect_stats = False  # also return the LIF drive statistics (for logging)
+
+    def forward(self, idx) -> Output:
+        """idx [B, T] byte ids -> Output(logits [B, T, 256], rates [n_layer, 2], drive stats or None)."""
+        _, t = idx.shape
+        phase = rope_phases(t, self.n_neurons, idx.device)
+        x = layer_norm(self.embed(idx)).unsqueeze(1)                # [B, 1, T, D]
+        rates, drives = [], []
+        for i in range(self.cfg.model.n_layer):
+            layer = self.layers[i % len(self.layers)]
+            if self.activation_checkpointing and self.training and torch.is_grad_enabled():
+                x, r, d = checkpoint(layer, x, phase, self.collect_stats, use_reentrant=False)
+            else:
+                x, r, d = layer(x, phase, self.collect_stats)
+            rates.append(r)
+            drives.append(d)
+        logits = x.squeeze(1) @ self.lm_head
+        return Output(logits, torch.stack(rates), torch.stack(drives) if self.collect_stats else None)
+
+    def sparsity_loss(self, rates):
+        """sparsity_weight * mean over neuron populations of (rate - sparsity_target)^2."""
+        bio = self.cfg.bio
+        return bio.sparsity_weight * (rates.float() - bio.sparsity_target).square().mean()
+
+    def num_params(self) -> int:
+        return sum(p.numel() for p in self.parameters())
