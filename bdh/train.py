@@ -1,0 +1,748 @@
+"""Train the Hatching model through the curriculum: ``python -m bdh.train``.
+
+    python -m bdh.train                                   # tiny config, bundled starter data, CPU: ~10 min
+    python -m bdh.train --config small --name run1        # a tier by name, or --config path/to/custom.yaml
+    python -m bdh.train --set training.learning_rate=3e-4 --set model.dropout=0.2
+    python -m bdh.train --resume auto                     # the newest checkpoint of <log-dir>/<name>
+    python -m bdh.train --config medium --dry-run         # predicted peak memory and micro-batch, no training
+    torchrun --nproc_per_node=4 -m bdh.train --config medium --distributed
+
+One loop (``train``): per step, the curriculum stage of that step sets the sampler's task mix; the
+effective batch (``training.batch_size``, over all ranks) is split into micro-batches that fit memory and
+their gradients accumulated; a step whose loss or gradients are not finite is skipped; AdamW with linear
+warmup then cosine decay, gradients clipped (the norm is logged before clipping).
+
+Everything goes to ``<log_dir>/<name>/``:
+
+* ``metrics.jsonl``: one JSON object per line (written and flushed line by line) every
+  ``monitor.log_freq`` steps, at every eval and at every skipped step. Keys: step, stage (1-based),
+  stage_name, train_loss (cross-entropy over the step's target bytes), val_loss and val_loss_<task>
+  (eval steps only), task_loss_<task> (tasks in the step's batch), sparsity_loss (the weighted term added
+  to the loss), grad_norm (before clipping), grad_max (largest |gradient|), nan_count, inf_count
+  (skipped steps so far), firing_rate and firing_rate_layer<i>, activation_mean, activation_std (of the
+  LIF input currents), learning_rate, weight_norm, update_ratio (||delta theta|| / ||theta|| of the step
+  taken; 0 for a skipped step), tokens_per_s (input positions per second of training time, all ranks),
+  peak_memory_mb (GPU: max allocated; CPU: the process's peak RSS), time (unix seconds). Non-finite
+  numbers are written as null.
+* TensorBoard event files (when tensorboard is installed); wandb with ``--wandb`` (when installed).
+* ``skipped_steps.jsonl``: each skipped step with its reason, loss, grad norm and batch record ids.
+* ``alerts.jsonl``: when ``bdh.alerts.check(row) -> list`` exists, its alerts for each metrics row.
+* checkpoints ``hatching_step_N.pt`` (every save_freq), ``hatching_best.pt`` (best val_loss),
+  ``hatching_final.pt``: step, model_state, optimizer_state, scheduler_state, config (a plain dict),
+  eval_metrics, rng_state (python, numpy, torch, cuda), sampler_state, trainer_state. Written
+  atomically; ``torch.load(path, weights_only=True)`` loads them.
+
+The evaluation seam: ``evaluate_fn(model, val_batches, autocast)`` computes the val losses; when
+``bdh/evaluate.py`` defines ``eval_hook(model, val_batches) -> dict``, its metrics are merged in.
+"""
+import argparse
+import contextlib
+import dataclasses
+import glob
+import json
+import logging
+import math
+import os
+import random
+import resource
+import sys
+import time
+import warnings
+from collections import defaultdict
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from bdh.config import Config, ConfigError, load_config, parse_override, set_value, validate
+from bdh.data import IGNORE_INDEX, TASKS, CurriculumSampler, collate, load_splits
+from bdh.model import Hatching
+
+log = logging.getLogger("bdh.train")
+
+CHECKPOINT_KEYS = ("step", "model_state", "optimizer_state", "scheduler_state", "config", "eval_metrics",
+                   "rng_state", "sampler_state")
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that cannot be used (missing, truncated, corrupt, or from another model)."""
+
+
+class TrainingStopped(RuntimeError):
+    """Training stopped on purpose (too many non-finite steps in a row)."""
+
+
+# ------------------------------------------------------------------------------------------- setup
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"training.device: {name!r} asked for but CUDA is not available")
+    return device
+
+
+def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
+    if name == "auto":
+        return torch.bfloat16 if device.type == "cuda" and torch.cuda.is_bf16_supported() else torch.float32
+    return {"float32": torch.float32, "bfloat16": torch.bfloat16}[name]
+
+
+def build_model(cfg: Config, device: torch.device) -> Hatching:
+    return Hatching(cfg).to(device)
+
+
+def lr_lambda(cfg: Config):
+    """Multiplier of learning_rate for the optimizer step after ``it`` steps: linear warmup, cosine to min_lr."""
+    t = cfg.training
+    lr, min_lr = t.learning_rate, t.learning_rate / 10 if t.min_lr is None else t.min_lr
+
+    def f(it):
+        if it < t.warmup_iters:
+            return (it + 1) / (t.warmup_iters + 1)
+        if it >= t.max_iters:
+            return min_lr / lr
+        ratio = (it - t.warmup_iters) / max(1, t.max_iters - t.warmup_iters)
+        return (min_lr + 0.5 * (1 + math.cos(math.pi * ratio)) * (lr - min_lr)) / lr
+
+    return f
+
+
+# ------------------------------------------------------------------------------------------ memory
+def count_params(cfg: Config) -> int:
+    m = cfg.model
+    n = m.mlp_internal_dim_multiplier * m.n_embd // m.n_head
+    sets = 1 if m.shared_weights else m.n_layer
+    return 2 * m.vocab_size * m.n_embd + sets * 3 * m.n_head * m.n_embd * n
+
+
+def predict_peak_bytes(cfg: Config, micro: int, dtype: torch.dtype, world_size: int = 1) -> int:
+    """Predicted peak memory of a training step with micro-batches of ``micro`` records.
+
+    Static: fp32 params, grads and AdamW's two moments (16 B/param; +4 with DDP's gradient buckets).
+    Activations per layer, in the compute dtype (e bytes) with M = micro * nh * T * N elements: the
+    drives x_lat and y_lat (kept by the LIF op, plus its fp32 membrane checkpoints, M/8 bytes each),
+    x_s and y_s (kept by the gating product), the rotated queries and keys (kept by the score matmul),
+    the gated product (kept by the decoder matmul; with dropout also its mask and output), the T x T
+    scores, and the D-wide attention output. With activation checkpointing only each layer's input
+    is kept, plus one layer's activations during its recomputation. Transient: the backward's
+    fp32 temporaries of about 4 M-sized tensors, and the logits (fp32, 3 copies).
+    """
+    m, t = cfg.model, cfg.training
+    e = 2 if dtype == torch.bfloat16 else 4
+    n = m.mlp_internal_dim_multiplier * m.n_embd // m.n_head
+    big = micro * m.n_head * t.max_seq_len * n
+    scores = micro * m.n_head * t.max_seq_len ** 2
+    narrow = micro * m.n_head * t.max_seq_len * m.n_embd
+    per_layer = big * (7 * e + 2 * 4 / 32) + (big * (e + 1) if m.dropout > 0 else 0) + scores * e + narrow * (e + 8)
+    layer_inputs = micro * t.max_seq_len * m.n_embd * 4 * 3
+    if t.activation_checkpointing:
+        activations = m.n_layer * layer_inputs + per_layer
+    else:
+        activations = m.n_layer * (per_layer + layer_inputs)
+    transient = 4 * 4 * big + 3 * 4 * micro * t.max_seq_len * m.vocab_size
+    static = count_params(cfg) * (16 + (4 if world_size > 1 else 0))
+    return int(static + activations + transient)
+
+
+def memory_budget(cfg: Config, device: torch.device) -> int:
+    if cfg.training.memory_budget_gb > 0:
+        return int(cfg.training.memory_budget_gb * 2**30)
+    if device.type == "cuda":
+        return int(torch.cuda.get_device_properties(device).total_memory * 0.9)
+    return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") * 0.8)
+
+
+def choose_micro_batch(cfg: Config, per_rank: int, dtype, device, world_size: int = 1) -> tuple:
+    """(micro_batch, predicted_peak_bytes, budget_bytes): the largest divisor of the per-rank batch that fits."""
+    budget = memory_budget(cfg, device)
+    if cfg.training.micro_batch_size:
+        micro = cfg.training.micro_batch_size
+        if per_rank % micro:
+            raise ConfigError(f"training.micro_batch_size: {micro} does not divide the per-rank batch {per_rank}")
+        return micro, predict_peak_bytes(cfg, micro, dtype, world_size), budget
+    for micro in sorted((d for d in range(1, per_rank + 1) if per_rank % d == 0), reverse=True):
+        peak = predict_peak_bytes(cfg, micro, dtype, world_size)
+        if peak <= budget:
+            return micro, peak, budget
+    return 1, predict_peak_bytes(cfg, 1, dtype, world_size), budget
+
+
+def peak_memory_mb(device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+
+
+# ------------------------------------------------------------------------------------- checkpoints
+def save_checkpoint(path: str, state: dict) -> None:
+    """Write atomically: a temp file in the same directory, fsync, rename over ``path``, fsync the dir."""
+    directory, name = os.path.split(os.path.abspath(path))
+    tmp = os.path.join(directory, f".{name}.tmp.{os.getpid()}")
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(state, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def list_checkpoints(run_dir: str) -> list:
+    """Resumable checkpoints of a run, newest first (hatching_step_N.pt and hatching_final.pt)."""
+    paths = glob.glob(os.path.join(run_dir, "hatching_step_*.pt")) + glob.glob(os.path.join(run_dir, "hatching_final.pt"))
+
+    def key(p):
+        stem = os.path.basename(p)[len("hatching_"):-3]
+        return os.path.getmtime(p), int(stem[5:]) if stem.startswith("step_") and stem[5:].isdigit() else math.inf
+
+    return sorted(paths, key=key, reverse=True)
+
+
+def load_checkpoint(path: str) -> dict:
+    """Load a checkpoint (weights_only) or raise CheckpointError saying what is wrong with it."""
+    if not os.path.isfile(path):
+        raise CheckpointError(f"checkpoint {path!r} does not exist")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # truncated zip, bad pickle, ...: torch raises several types
+        others = [p for p in list_checkpoints(os.path.dirname(path) or ".") if os.path.abspath(p) != os.path.abspath(path)]
+        hint = f"; other checkpoints (untouched): {', '.join(map(os.path.basename, others))}" if others else ""
+        raise CheckpointError(f"checkpoint {path!r} is truncated or corrupt and cannot be loaded "
+                              f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}){hint}") from None
+    if not isinstance(ckpt, dict) or any(k not in ckpt for k in CHECKPOINT_KEYS):
+        missing = [k for k in CHECKPOINT_KEYS if not isinstance(ckpt, dict) or k not in ckpt]
+        raise CheckpointError(f"checkpoint {path!r} is not a Hatching training checkpoint (missing {missing})")
+    return ckpt
+
+
+def rng_state() -> dict:
+    np_state = np.random.get_state()
+    return {
+        "python": random.getstate(),
+        "numpy": [np_state[0], np_state[1].tolist(), int(np_state[2]), int(np_state[3]), float(np_state[4])],
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    }
+
+
+def set_rng_state(state: dict) -> None:
+    random.setstate(tuple(tuple(x) if isinstance(x, list) else x for x in state["python"]))
+    kind, keys, pos, has_gauss, gauss = state["numpy"]
+    np.random.set_state((kind, np.array(keys, dtype=np.uint32), pos, has_gauss, gauss))
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+# ------------------------------------------------------------------------------------------- batches
+def val_batches(splits: dict, cfg: Config, micro: int) -> list:
+    """Fixed val batches: the first eval_batches * batch_size val records of each task, in micro-batches."""
+    out = []
+    per_task = cfg.monitor.eval_batches * cfg.training.batch_size
+    for task in TASKS:
+        if task in splits and splits[task].val:
+            records = splits[task].val[:per_task]
+            out += [collate(records[i:i + micro], cfg.training.max_seq_len) for i in range(0, len(records), micro)]
+    return out
+
+
+def token_losses(logits, targets):
+    """[B, T] cross-entropy per position (0 where targets is IGNORE_INDEX)."""
+    return F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), targets.reshape(-1),
+                           ignore_index=IGNORE_INDEX, reduction="none").view(targets.shape)
+
+
+@torch.no_grad()
+def val_losses(model, batches, autocast) -> dict:
+    """val_loss_<task>: mean loss per target byte of that task; val_loss: the mean over tasks."""
+    was_training = model.training
+    model.eval()
+    sums, counts = defaultdict(float), defaultdict(float)
+    device = next(model.parameters()).device
+    for batch in batches:
+        with autocast:
+            logits = model(batch["inputs"].to(device)).logits
+        losses = token_losses(logits, batch["targets"].to(device)).sum(1).cpu()
+        for task, loss, n in zip(batch["tasks"], losses.tolist(), batch["loss_mask"].sum(1).tolist()):
+            sums[task] += loss
+            counts[task] += n
+    model.train(was_training)
+    metrics = {f"val_loss_{t}": sums[t] / counts[t] for t in sorted(sums) if counts[t] > 0}
+    metrics["val_loss"] = sum(metrics.values()) / max(1, len(metrics))
+    return metrics
+
+
+def evaluate_fn(model, batches, autocast) -> dict:
+    """The evaluation seam: val losses, plus ``bdh.evaluate.eval_hook(model, batches)`` when it exists."""
+    metrics = val_losses(model, batches, autocast)
+    try:
+        from bdh import evaluate as extra
+    except ImportError:
+        extra = None
+    hook = getattr(extra, "eval_hook", None)
+    if hook is not None:
+        metrics.update(hook(model, batches))
+    return metrics
+
+
+# ------------------------------------------------------------------------------------------ logging
+def _finite_or_none(v):
+    if isinstance(v, float) and not math.isfinite(v):
+        return None
+    return v
+
+
+class RunLog:
+    """metrics.jsonl (+ TensorBoard, wandb, alerts) on rank 0."""
+
+    def __init__(self, run_dir: str, cfg: Config, fresh: bool, use_wandb: bool, name: str):
+        self.run_dir = run_dir
+        mode = "w" if fresh else "a"
+        self.metrics = open(os.path.join(run_dir, "metrics.jsonl"), mode)
+        self.skipped = open(os.path.join(run_dir, "skipped_steps.jsonl"), mode)
+        self.alerts_file = None
+        self.tb = None
+        if cfg.monitor.tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+                self.tb = SummaryWriter(run_dir)
+            except ImportError:
+                pass
+        self.wandb = None
+        if use_wandb:
+            try:
+                import wandb
+                self.wandb = wandb
+                wandb.init(project="bdh-hatching", name=name, config=cfg.to_dict(), dir=run_dir, resume="allow")
+            except ImportError:
+                log.warning("--wandb given but wandb is not installed (pip install wandb); logging without it")
+        try:
+            from bdh import alerts
+            self.check = getattr(alerts, "check", None)
+        except ImportError:
+            self.check = None
+
+    def write(self, row: dict) -> list:
+        row = {k: _finite_or_none(v) for k, v in row.items()}
+        self.metrics.write(json.dumps(row) + "\n")
+        self.metrics.flush()
+        numbers = {k: v for k, v in row.items() if isinstance(v, (int, float)) and k not in ("step", "time")}
+        if self.tb is not None:
+            for k, v in numbers.items():
+                self.tb.add_scalar(k, v, row["step"])
+            self.tb.flush()
+        if self.wandb is not None:
+            self.wandb.log(numbers, step=row["step"])
+        alerts = []
+        if self.check is not None:
+            alerts = list(self.check(row))
+            if alerts:
+                if self.alerts_file is None:
+                    self.alerts_file = open(os.path.join(self.run_dir, "alerts.jsonl"), "a")
+                for a in alerts:
+                    self.alerts_file.write(json.dumps({"step": row["step"], **_plain(a)}) + "\n")
+                self.alerts_file.flush()
+        return alerts
+
+    def write_skipped(self, entry: dict) -> None:
+        self.skipped.write(json.dumps({k: _finite_or_none(v) for k, v in entry.items()}) + "\n")
+        self.skipped.flush()
+
+    def close(self):
+        for f in (self.metrics, self.skipped, self.alerts_file):
+            if f is not None:
+                f.close()
+        if self.tb is not None:
+            self.tb.close()
+        if self.wandb is not None:
+            self.wandb.finish()
+
+
+def _plain(alert) -> dict:
+    if dataclasses.is_dataclass(alert):
+        d = dataclasses.asdict(alert)
+    elif hasattr(alert, "_asdict"):
+        d = alert._asdict()
+    elif isinstance(alert, dict):
+        d = dict(alert)
+    else:
+        d = {"message": str(alert)}
+    return {k: (v if isinstance(v, (str, int, float, bool, type(None))) else str(v)) for k, v in d.items()}
+
+
+# -------------------------------------------------------------------------------------------- train
+def train(cfg: Config, run_dir: str, device: torch.device, dtype: torch.dtype, resume_from=None,
+          distributed: bool = False, use_wandb: bool = False, name: str = "run") -> dict:
+    """Run (or continue) training; returns the last metrics row."""
+    rank, world = (dist.get_rank(), dist.get_world_size()) if distributed else (0, 1)
+    master = rank == 0
+    t_cfg, mon = cfg.training, cfg.monitor
+    if t_cfg.batch_size % world:
+        raise ConfigError(f"training.batch_size: {t_cfg.batch_size} is not divisible by the {world} ranks")
+    per_rank = t_cfg.batch_size // world
+    micro, peak, budget = choose_micro_batch(cfg, per_rank, dtype, device, world)
+    accum = per_rank // micro
+    stages = cfg.stages()
+
+    # model, optimizer, schedule: seeded identically on every rank (DDP also broadcasts rank 0's weights)
+    torch.manual_seed(t_cfg.seed)
+    random.seed(t_cfg.seed)
+    np.random.seed(t_cfg.seed)
+    raw = build_model(cfg, device)
+    raw.activation_checkpointing = t_cfg.activation_checkpointing
+    decay = [p for p in raw.parameters() if p.dim() >= 2]
+    no_decay = [p for p in raw.parameters() if p.dim() < 2]
+    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": t_cfg.weight_decay},
+                                   {"params": no_decay, "weight_decay": 0.0}],
+                                  lr=t_cfg.learning_rate, betas=(t_cfg.beta1, t_cfg.beta2),
+                                  fused=device.type == "cuda")
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg))
+    torch.manual_seed(t_cfg.seed + rank)  # dropout differs between ranks
+
+    splits = load_splits(cfg.data.dir, **({"max_bytes": cfg.data.max_bytes} if cfg.data.max_bytes else {}))
+    sampler = CurriculumSampler({t: s.train for t, s in splits.items()}, per_rank, stages[0][3],
+                                seed=t_cfg.seed, rank=rank, world_size=world)
+    vals = val_batches(splits, cfg, micro)
+
+    step, eval_metrics, fresh = 0, {}, resume_from is None
+    counters = {"nan_count": 0, "inf_count": 0, "bad_in_row": 0, "best_val_loss": math.inf}
+    if resume_from is not None:
+        ckpt = resume_from
+        raw.load_state_dict(ckpt["model_state"])
+        optimizer.load_state_dict(ckpt["optimizer_state"])
+        scheduler.load_state_dict(ckpt["scheduler_state"])
+        sampler.load_state_dict(ckpt["sampler_state"])
+        step, eval_metrics = int(ckpt["step"]), dict(ckpt["eval_metrics"])
+        counters.update(ckpt.get("trainer_state", {}))
+        set_rng_state(ckpt["rng_state"])
+        if rank:
+            torch.manual_seed(t_cfg.seed + rank + step)  # rank 0's RNG state is the one saved
+        del resume_from, ckpt
+
+    model = raw
+    if t_cfg.compile:
+        model = torch.compile(model)
+    if distributed:
+        model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    model.train()
+    autocast = torch.autocast(device.type, dtype=dtype) if dtype != torch.float32 else contextlib.nullcontext()
+    runlog = RunLog(run_dir, cfg, fresh=fresh, use_wandb=use_wandb, name=name) if master else None
+
+    def say(msg):
+        if master:
+            tqdm.write(msg)
+
+    say(f"bdh.train: {count_params(cfg) / 1e6:.2f}M params, {t_cfg.max_iters} steps, batch {t_cfg.batch_size} "
+        f"= {world} rank(s) x {accum} micro-batch(es) of {micro}, seq {t_cfg.max_seq_len}, {device} {dtype}, "
+        f"predicted peak {peak / 2**30:.2f} GiB (budget {budget / 2**30:.1f} GiB); "
+        f"lif {'on' if cfg.lif.enabled else 'OFF (ReLU)'}, stdp traces {'on' if cfg.stdp.enabled else 'OFF'}")
+    for i, (sname, first, last, w) in enumerate(stages):
+        say(f"  stage {i + 1}/{len(stages)} {sname}: steps {first}-{last}, mix {w}")
+    if step:
+        say(f"resumed at step {step}")
+
+    def stage_of(s):
+        for i, (sname, first, last, w) in enumerate(stages):
+            if first <= s <= last:
+                return i
+        return len(stages) - 1
+
+    def checkpoint_state(s):
+        return {"step": s, "model_state": raw.state_dict(), "optimizer_state": optimizer.state_dict(),
+                "scheduler_state": scheduler.state_dict(), "config": cfg.to_dict(), "eval_metrics": eval_metrics,
+                "rng_state": rng_state(), "sampler_state": sampler.state_dict(), "trainer_state": dict(counters)}
+
+    def save(fname, s):
+        if master:
+            save_checkpoint(os.path.join(run_dir, fname), checkpoint_state(s))
+
+    current = stage_of(step + 1)
+    sampler.set_weights(stages[current][3])
+    params = [p for p in raw.parameters()]
+    task_index = {t: i for i, t in enumerate(TASKS)}
+    n_layer = cfg.model.n_layer
+    bar = tqdm(total=t_cfg.max_iters, initial=step, disable=None if master else True, dynamic_ncols=True)
+    quiet = bar.disable
+    row, train_time, tokens_since = {}, 0.0, 0
+    while step < t_cfg.max_iters:
+        step += 1
+        stage = stage_of(step)
+        if stage != current:
+            current = stage
+            sampler.set_weights(stages[stage][3])
+            say(f"step {step}: stage {stage + 1}/{len(stages)} {stages[stage][0]}, mix {stages[stage][3]}")
+        eval_now = step % mon.eval_freq == 0 or step == stages[stage][2]
+        row_now = step % mon.log_freq == 0 or eval_now or step == t_cfg.max_iters
+        t0 = time.time()
+
+        # ---- forward / backward over the micro-batches of this rank's share of the batch
+        batch = collate(sampler.next_batch(), t_cfg.max_seq_len)
+        inputs, targets = batch["inputs"].to(device), batch["targets"].to(device)
+        # [0] CE sum, [1] target tokens, [2:2+5] per-task CE sums, [7:12] per-task tokens, then rates, drive
+        stats = torch.zeros(2 + 2 * len(TASKS) + 2 * n_layer + 3, dtype=torch.float64, device=device)
+        stats[1] = (targets != IGNORE_INDEX).sum()
+        n_global = stats[1].clone()
+        if distributed:
+            dist.all_reduce(n_global)
+        raw.collect_stats = row_now
+        for j in range(accum):
+            sl = slice(j * micro, (j + 1) * micro)
+            sync = contextlib.nullcontext() if not distributed or j == accum - 1 else model.no_sync()
+            with sync:
+                with autocast:
+                    out = model(inputs[sl])
+                losses = token_losses(out.logits, targets[sl])
+                sparsity = raw.sparsity_loss(out.rates) * (micro / per_rank)
+                loss = losses.sum() * world / n_global.clamp_min(1).float() + sparsity
+                loss.backward()
+            with torch.no_grad():
+                row_sums = losses.sum(1).double()
+                stats[0] += row_sums.sum()
+                off = 2 + 2 * len(TASKS)
+                stats[off:off + 2 * n_layer] += out.rates.detach().double().flatten() * (micro / per_rank / world)
+                if out.drive is not None:
+                    stats[off + 2 * n_layer:] += out.drive.double().sum(0)
+                for r, task in enumerate(batch["tasks"][sl]):
+                    stats[2 + task_index[task]] += row_sums[r]
+                    stats[2 + len(TASKS) + task_index[task]] += (targets[sl][r] != IGNORE_INDEX).sum()
+            sparsity_total = sparsity.detach() if j == 0 else sparsity_total + sparsity.detach()
+        if distributed:
+            dist.all_reduce(stats)
+            dist.all_reduce(sparsity_total)
+            sparsity_total /= world
+        train_loss = (stats[0] / stats[1].clamp_min(1)).item()
+
+        # ---- gradient health, the non-finite guard, the step
+        grad_max = torch.stack([p.grad.abs().max() for p in params if p.grad is not None]).max().item()
+        clip = t_cfg.grad_clip if t_cfg.grad_clip > 0 else math.inf
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, clip).item()  # the norm before clipping
+        bad = mon.nan_check and not (math.isfinite(train_loss) and math.isfinite(grad_norm))
+        before = [p.detach().clone() for p in params] if row_now else None
+        lr = optimizer.param_groups[0]["lr"]
+        if bad:
+            kind = "nan_count" if math.isnan(train_loss) or math.isnan(grad_norm) else "inf_count"
+            counters[kind] += 1
+            counters["bad_in_row"] += 1
+            ids = batch["ids"]
+            if distributed:
+                gathered = [None] * world
+                dist.all_gather_object(gathered, ids)
+                ids = [i for g in gathered for i in g]
+            if master:
+                runlog.write_skipped({"step": step, "reason": kind[:3], "train_loss": train_loss,
+                                      "grad_norm": grad_norm, "ids": ids, "time": time.time()})
+            say(f"step {step}: non-finite {'loss' if not math.isfinite(train_loss) else 'gradient'} "
+                f"(loss {train_loss}, grad_norm {grad_norm}); step skipped; batch ids {ids}")
+        else:
+            optimizer.step()
+            counters["bad_in_row"] = 0
+        optimizer.zero_grad(set_to_none=True)
+        with warnings.catch_warnings():  # after a skipped step PyTorch warns that optimizer.step() was not called
+            warnings.simplefilter("ignore", UserWarning)
+            scheduler.step()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        train_time += time.time() - t0
+        tokens_since += t_cfg.batch_size * t_cfg.max_seq_len
+
+        # ---- metrics row
+        if row_now or bad:
+            with torch.no_grad():
+                weight_norm = torch.linalg.vector_norm(torch.stack([p.detach().norm() for p in params])).item()
+                if before is not None and not bad:
+                    delta = torch.stack([(p.detach() - b).norm() for p, b in zip(params, before)]).norm()
+                    update_ratio = (delta / torch.stack([b.norm() for b in before]).norm()).item()
+                else:
+                    update_ratio = 0.0
+            s = stats.cpu().tolist()
+            off = 2 + 2 * len(TASKS)
+            rates = s[off:off + 2 * n_layer]
+            drive = s[off + 2 * n_layer:]
+            row = {"step": step, "stage": stage + 1, "stage_name": stages[stage][0], "train_loss": train_loss}
+            for t, i in task_index.items():
+                if s[2 + len(TASKS) + i] > 0:
+                    row[f"task_loss_{t}"] = s[2 + i] / s[2 + len(TASKS) + i]
+            row.update({"sparsity_loss": sparsity_total.item(), "grad_norm": grad_norm, "grad_max": grad_max,
+                        "nan_count": counters["nan_count"], "inf_count": counters["inf_count"],
+                        "firing_rate": sum(rates) / len(rates)})
+            for i in range(n_layer):
+                row[f"firing_rate_layer{i}"] = (rates[2 * i] + rates[2 * i + 1]) / 2
+            if drive[2] > 0:
+                mean = drive[0] / drive[2]
+                row["activation_mean"] = mean
+                row["activation_std"] = math.sqrt(max(0.0, drive[1] / drive[2] - mean * mean))
+            row.update({"learning_rate": lr, "weight_norm": weight_norm, "update_ratio": update_ratio,
+                        "tokens_per_s": tokens_since / max(train_time, 1e-9),
+                        "peak_memory_mb": peak_memory_mb(device)})
+            train_time, tokens_since = 0.0, 0
+            if eval_now and master:
+                eval_metrics = {"step": step, **evaluate_fn(raw, vals, autocast)}
+                row.update({k: v for k, v in eval_metrics.items() if k != "step"})
+            row["time"] = time.time()
+            if master:
+                for a in runlog.write(row):
+                    say(f"ALERT step {step}: {_plain(a)}")
+                if quiet:
+                    print(f"step {step} stage {stage + 1} loss {train_loss:.4f}"
+                          + (f" val {row['val_loss']:.4f}" if "val_loss" in row else "")
+                          + f" rate {row['firing_rate']:.3f} grad {grad_norm:.3f} "
+                            f"{row['tokens_per_s']:.0f} tok/s", flush=True)
+                if eval_now and "val_loss" in row:
+                    say(f"step {step}: val_loss {row['val_loss']:.4f} "
+                        + " ".join(f"{k[9:]} {v:.3f}" for k, v in row.items() if k.startswith("val_loss_")))
+            if eval_now and master and eval_metrics.get("val_loss", math.inf) < counters["best_val_loss"]:
+                counters["best_val_loss"] = eval_metrics["val_loss"]
+                save("hatching_best.pt", step)
+        bar.update(1)
+        bar.set_postfix(loss=f"{train_loss:.3f}", tok_s=f"{t_cfg.batch_size * t_cfg.max_seq_len / max(time.time() - t0, 1e-9):.0f}",
+                        stage=f"{stage + 1}:{stages[stage][0]}", refresh=False)
+
+        if step % mon.save_freq == 0:
+            save(f"hatching_step_{step}.pt", step)
+        if counters["bad_in_row"] >= mon.max_bad_steps:
+            save(f"hatching_step_{step}.pt", step)
+            bar.close()
+            if master:
+                runlog.close()
+            raise TrainingStopped(
+                f"stopping at step {step}: {counters['bad_in_row']} steps in a row had a non-finite loss or "
+                f"gradient (monitor.max_bad_steps={mon.max_bad_steps}); none of them was applied. The state "
+                f"before them is saved in {os.path.join(run_dir, f'hatching_step_{step}.pt')}; see "
+                f"skipped_steps.jsonl for the batches. Try a lower training.learning_rate or a larger lif.tau_mem.")
+    bar.close()
+    save("hatching_final.pt", step)
+    if master:
+        say(f"done: step {step}, train_loss {row.get('train_loss', float('nan')):.4f}"
+            + (f", val_loss {eval_metrics['val_loss']:.4f}" if "val_loss" in eval_metrics else "")
+            + f"; checkpoints in {run_dir}")
+        runlog.close()
+    return row
+
+
+# --------------------------------------------------------------------------------------------- CLI
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(prog="python -m bdh.train", description=__doc__.split("\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", default=None, help="tier name (tiny, small, medium, large) or a YAML path "
+                   "(default: tiny; when resuming: the checkpoint's config)")
+    p.add_argument("--resume", default=None, help="a checkpoint path, or 'auto': the newest in <log-dir>/<name> "
+                   "(a fresh start when there is none)")
+    p.add_argument("--log-dir", default=None, help="default: runs")
+    p.add_argument("--name", default=None, help="run name: <log-dir>/<name>/ (default: the config's name)")
+    p.add_argument("--max-iters", type=int, default=None,
+                   help="total steps; the stages and warmup are scaled in proportion")
+    p.add_argument("--device", default=None, help="auto | cpu | cuda | cuda:N (training.device)")
+    p.add_argument("--dtype", default=None, choices=["auto", "float32", "bfloat16"], help="training.dtype")
+    p.add_argument("--distributed", action="store_true", help="under torchrun: DDP (nccl on GPU, gloo on CPU)")
+    p.add_argument("--dry-run", action="store_true", help="print predicted peak memory and micro-batch, then exit")
+    p.add_argument("--set", dest="overrides", action="extend", nargs="+", default=[], metavar="SECTION.KEY=VALUE",
+                   help="override any config field, e.g. --set training.learning_rate=3e-4")
+    p.add_argument("--wandb", action="store_true", help="also log to Weights & Biases (when installed)")
+    return p.parse_args(argv)
+
+
+def make_config(args, base=None) -> Config:
+    """The config file (or, resuming without --config, the checkpoint's config); then --max-iters, which
+    scales the stages and warmup_iters in proportion; then --set / --device / --dtype, taken literally."""
+    name = args.config if args.config or base is not None else "tiny"
+    cfg = load_config(name, base=base)
+    if args.max_iters is not None and args.max_iters != cfg.training.max_iters:
+        if args.max_iters < 1:
+            raise ConfigError(f"--max-iters must be >= 1, got {args.max_iters}")
+        scale = args.max_iters / cfg.training.max_iters
+        cfg.training.warmup_iters = round(cfg.training.warmup_iters * scale)
+        cfg.training.max_iters = args.max_iters
+    overrides = [parse_override(o) for o in args.overrides]
+    if args.device:
+        overrides.append(("training.device", args.device))
+    if args.dtype:
+        overrides.append(("training.dtype", args.dtype))
+    for key, value in overrides:
+        set_value(cfg, key, value)
+    return validate(cfg)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
+    distributed = args.distributed
+    if distributed:
+        if "RANK" not in os.environ:
+            sys.exit("--distributed needs torchrun (RANK/WORLD_SIZE/LOCAL_RANK are not set)")
+        local = int(os.environ.get("LOCAL_RANK", 0))
+        if torch.cuda.is_available() and args.device not in ("cpu",):
+            torch.cuda.set_device(local)
+            dist.init_process_group("nccl")
+            args.device = f"cuda:{local}"
+        else:
+            dist.init_process_group("gloo")
+            args.device = "cpu"
+    rank = dist.get_rank() if distributed else 0
+    try:
+        config_name = os.path.splitext(os.path.basename(args.config))[0] if args.config else "tiny"
+        log_dir = args.log_dir or "runs"
+        name = args.name or config_name
+        run_dir = os.path.join(log_dir, name)
+        ckpt = None
+        if args.resume and args.resume != "auto" and args.log_dir is None and args.name is None:
+            run_dir = os.path.dirname(os.path.abspath(args.resume))
+        if args.resume == "auto":
+            found = list_checkpoints(run_dir)
+            if found:
+                ckpt = load_checkpoint(found[0])
+                print(f"--resume auto: {found[0]} (step {ckpt['step']})")
+            else:
+                print(f"--resume auto: no checkpoint in {run_dir}; starting fresh")
+        elif args.resume:
+            ckpt = load_checkpoint(args.resume)
+        cfg = make_config(args, base=ckpt["config"] if ckpt and not args.config else None)
+        if ckpt is not None:
+            saved = Config.from_dict(ckpt["config"]).model
+            diff = [f"model.{f.name}: checkpoint {getattr(saved, f.name)!r}, config {getattr(cfg.model, f.name)!r}"
+                    for f in dataclasses.fields(saved) if getattr(saved, f.name) != getattr(cfg.model, f.name)]
+            if diff:
+                raise CheckpointError("the checkpoint's model differs from the config: " + "; ".join(diff))
+        device = resolve_device(cfg.training.device)
+        dtype = resolve_dtype(cfg.training.dtype, device)
+        world = dist.get_world_size() if distributed else 1
+        if args.dry_run:
+            per_rank = cfg.training.batch_size // world
+            micro, peak, budget = choose_micro_batch(cfg, per_rank, dtype, device, world)
+            fits = "fits" if peak <= budget else "DOES NOT FIT (try training.activation_checkpointing=true)"
+            if rank == 0:
+                print(f"config {config_name}: {count_params(cfg) / 1e6:.2f}M params, {device} {dtype}, "
+                      f"batch {cfg.training.batch_size} x seq {cfg.training.max_seq_len}, "
+                      f"activation checkpointing {'on' if cfg.training.activation_checkpointing else 'off'}\n"
+                      f"micro-batch {micro} x {per_rank // micro} accumulation step(s) x {world} rank(s)\n"
+                      f"predicted peak memory {peak / 2**30:.2f} GiB per rank; budget {budget / 2**30:.2f} GiB: {fits}")
+                for i, (sname, first, last, w) in enumerate(cfg.stages()):
+                    print(f"stage {i + 1} {sname}: steps {first}-{last} {w}")
+            return 0
+        if rank == 0:
+            os.makedirs(run_dir, exist_ok=True)
+            for stale in glob.glob(os.path.join(run_dir, ".hatching_*.pt.tmp.*")):
+                os.remove(stale)  # left by a process killed while writing a checkpoint
+        if distributed:
+            dist.barrier()
+        train(cfg, run_dir, device, dtype, resume_from=ckpt, distributed=distributed, use_wandb=args.wandb, name=name)
+        return 0
+    except (ConfigError, CheckpointError, TrainingStopped) as e:
+        print(f"error: {e}" if not isinstance(e, TrainingStopped) else str(e), file=sys.stderr)
+        return 1 if not isinstance(e, TrainingStopped) else 3
+    finally:
+        if distributed and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
