@@ -1,0 +1,363 @@
+"""The trainer: config errors, metrics, checkpoints, exact resume after SIGKILL, the NaN guard, DDP."""
+import json
+import math
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+import torch
+
+import bdh.train as train_module
+from bdh.config import ConfigError, load_config, stage_schedule
+from bdh.train import CheckpointError, list_checkpoints, load_checkpoint, main, save_checkpoint
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+CUSTOM = os.path.join(HERE, "fixtures", "custom.yaml")
+
+# a model small enough that a step takes a few tens of milliseconds
+MICRO = ["model.n_layer=2", "model.n_embd=32", "model.n_head=2", "model.mlp_internal_dim_multiplier=4",
+         "training.batch_size=4", "training.max_seq_len=64", "monitor.eval_batches=1", "training.warmup_iters=2"]
+
+METRIC_KEYS = {"step", "stage", "stage_name", "train_loss", "sparsity_loss", "grad_norm", "grad_max", "nan_count",
+               "inf_count", "firing_rate", "activation_mean", "activation_std", "learning_rate", "weight_norm",
+               "update_ratio", "tokens_per_s", "peak_memory_mb", "time"}
+
+
+def run_args(tmp_path, *extra, name="run", iters=8, sets=()):
+    return ["--log-dir", str(tmp_path), "--name", name, "--max-iters", str(iters), "--set", *MICRO, *sets, *extra]
+
+
+def rows(path):
+    with open(path) as f:
+        return [json.loads(line) for line in f]
+
+
+def subprocess_env():
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.path.dirname(HERE) + os.pathsep + env.get("PYTHONPATH", "")
+    return env
+
+
+# ------------------------------------------------------------------------------------------- config
+def test_custom_yaml_from_the_guide_loads_as_written():
+    cfg = load_config(CUSTOM)
+    assert cfg.training.learning_rate == 1e-3 and isinstance(cfg.training.learning_rate, float)  # "1e-3" in YAML 1.1
+    assert (cfg.model.n_layer, cfg.model.n_embd, cfg.lif.tau_mem, cfg.lif.tau_syn) == (6, 256, 10.0, 5.0)
+    assert cfg.stdp.A_minus == 0.0105 and cfg.monitor.nan_check is True
+    names = [s[0] for s in cfg.stages()]
+    assert names == ["text_coherence", "function_calling", "bash_commands", "multi_task"]
+    assert [(s[1], s[2]) for s in cfg.stages()] == [(1, 2000), (2001, 5000), (5001, 8000), (8001, 10000)]
+
+
+@pytest.mark.parametrize("text, key", [
+    ("training:\n  learning_rte: 1e-3\n", "training.learning_rte"),
+    ("modle:\n  n_layer: 2\n", "modle"),
+    ("model:\n  n_layer: six\n", "model.n_layer"),
+    ("model:\n  n_layer: 2.5\n", "model.n_layer"),
+    ("lif:\n  enabled: 1\n", "lif.enabled"),
+    ("training:\n  learning_rate: fast\n", "training.learning_rate"),
+    ("curriculum:\n  stages:\n    - iters: 10\n      weights: {text_complet: 1.0}\n",
+     "curriculum.stages[0].weights.text_complet"),
+    ("curriculum:\n  stages:\n    - iter: 10\n      weights: {tool_use: 1.0}\n", "curriculum.stages[0].iter"),
+    ("model:\n  n_embd: 30\n  n_head: 4\n", "model.n_embd"),
+])
+def test_bad_config_errors_name_the_key(tmp_path, text, key):
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=key.replace("[", r"\[").replace("]", r"\]")):
+        load_config(str(path))
+
+
+def test_cli_reports_a_typo_with_its_key(tmp_path, capsys):
+    path = tmp_path / "typo.yaml"
+    path.write_text(open(CUSTOM).read().replace("learning_rate", "learning_rte"))
+    assert main(["--config", str(path), "--log-dir", str(tmp_path), "--dry-run"]) == 1
+    assert "training.learning_rte" in capsys.readouterr().err
+
+
+def test_set_overrides_any_field_with_types():
+    cfg = load_config("tiny", ["training.learning_rate=3e-4", "lif.tau_syn=5", "lif.v_reset=null",
+                               "model.dropout=0.2", "stdp.enabled=false", "data.dir=some/where"])
+    assert cfg.training.learning_rate == 3e-4 and cfg.lif.tau_syn == 5.0 and cfg.lif.v_reset is None
+    assert cfg.model.dropout == 0.2 and cfg.stdp.enabled is False and cfg.data.dir == "some/where"
+    with pytest.raises(ConfigError, match="training.learning_rte"):
+        load_config("tiny", ["training.learning_rte=1"])
+    with pytest.raises(ConfigError, match="model.n_layer"):
+        load_config("tiny", ["model.n_layer=many"])
+
+
+def test_config_round_trips_as_a_plain_dict():
+    cfg = load_config(CUSTOM, ["lif.v_reset=null"])
+    d = cfg.to_dict()
+    assert json.loads(json.dumps(d)) == d
+    assert type(cfg).from_dict(d) == cfg
+
+
+def test_tiers_match_the_guide():
+    expected = {"small": (4, 128, 16, 256), "medium": (6, 256, 32, 512), "large": (12, 512, 64, 1024)}
+    for tier, dims in expected.items():
+        cfg = load_config(tier)
+        assert (cfg.model.n_layer, cfg.model.n_embd, cfg.training.batch_size, cfg.training.max_seq_len) == dims
+    assert load_config("tiny").training.device == "auto"
+
+
+def test_stages_scale_with_max_iters():
+    cfg = load_config(CUSTOM, ["training.max_iters=40"])
+    assert [(s[1], s[2]) for s in stage_schedule(cfg)] == [(1, 8), (9, 20), (21, 32), (33, 40)]
+    cfg = load_config(CUSTOM, ["training.max_iters=3"])  # fewer steps than stages: the last ones drop out
+    spans = [(s[1], s[2]) for s in stage_schedule(cfg)]
+    assert spans[0][0] == 1 and spans[-1][1] == 3 and all(a <= b for a, b in spans)
+
+
+def test_dry_run_prints_memory_and_micro_batch(tmp_path, capsys):
+    assert main(["--config", "medium", "--log-dir", str(tmp_path), "--dry-run", "--device", "cpu",
+                 "--dtype", "bfloat16"]) == 0
+    out = capsys.readouterr().out
+    assert "predicted peak memory" in out and "micro-batch" in out
+    assert not os.listdir(tmp_path)  # nothing trained, nothing written
+    # a smaller budget gives a smaller micro-batch
+    assert main(["--config", "medium", "--dry-run", "--device", "cpu", "--dtype", "bfloat16",
+                 "--set", "training.memory_budget_gb=4"]) == 0
+    small = capsys.readouterr().out
+    micro = lambda text: int(text.split("micro-batch ")[1].split()[0])  # noqa: E731
+    assert micro(small) < micro(out)
+
+
+# ------------------------------------------------------------------------------------------ training
+def test_short_run_writes_metrics_checkpoints_and_events(tmp_path):
+    assert main(run_args(tmp_path, iters=8, sets=["monitor.log_freq=2", "monitor.eval_freq=4",
+                                                  "monitor.save_freq=4", "model.dropout=0.1"])) == 0
+    run = tmp_path / "run"
+    got = rows(run / "metrics.jsonl")
+    assert [r["step"] for r in got] == [2, 4, 6, 8]
+    for r in got:
+        assert METRIC_KEYS <= set(r), METRIC_KEYS - set(r)
+        assert {f"firing_rate_layer{i}" for i in range(2)} <= set(r)
+        assert any(k.startswith("task_loss_") for k in r)
+        assert isinstance(r["step"], int) and isinstance(r["stage"], int) and 1 <= r["stage"] <= 4
+        assert all(math.isfinite(v) for v in r.values() if isinstance(v, float))
+        assert 0.02 <= r["firing_rate"] <= 0.3
+        assert r["nan_count"] == 0 and r["inf_count"] == 0 and r["update_ratio"] > 0
+    # val_loss on eval steps: every 4, and the last step of each stage (2, 4, 6, 8 of 8 steps)
+    assert [r["step"] for r in got if "val_loss" in r] == [2, 4, 6, 8]
+    assert [r["stage"] for r in got] == [1, 2, 3, 4]
+    names = sorted(os.listdir(run))
+    for expected in ("hatching_step_4.pt", "hatching_step_8.pt", "hatching_best.pt", "hatching_final.pt"):
+        assert expected in names
+    assert any(n.startswith("events.out.tfevents") for n in names) or not _has_tensorboard()
+    ckpt = torch.load(run / "hatching_final.pt", weights_only=True)
+    assert set(train_module.CHECKPOINT_KEYS) <= set(ckpt)
+    assert ckpt["step"] == 8 and ckpt["config"]["training"]["max_iters"] == 8
+    assert set(ckpt["rng_state"]) == {"python", "numpy", "torch", "cuda"}
+    assert ckpt["sampler_state"]["draws"] == 8 * 4
+    assert "val_loss" in ckpt["eval_metrics"]
+    best = torch.load(run / "hatching_best.pt", weights_only=True)
+    assert best["eval_metrics"]["val_loss"] == min(r["val_loss"] for r in got if "val_loss" in r)
+
+
+def _has_tensorboard():
+    try:
+        import tensorboard  # noqa: F401
+        return True
+    except ImportError:
+        return False
+
+
+def test_micro_batches_accumulate_to_the_full_batch(tmp_path):
+    losses = {}
+    for micro in (4, 2, 1):
+        name = f"m{micro}"
+        assert main(run_args(tmp_path, name=name, iters=3, sets=["monitor.log_freq=1", f"training.micro_batch_size={micro}",
+                                                                 "bio.sparsity_weight=0", "curriculum.enabled=false"])) == 0
+        losses[micro] = [r["train_loss"] for r in rows(tmp_path / name / "metrics.jsonl")]
+    assert losses[4][0] == pytest.approx(losses[2][0], rel=1e-6) == pytest.approx(losses[1][0], rel=1e-6)
+    for micro in (2, 1):
+        assert losses[micro] == pytest.approx(losses[4], rel=1e-4)
+
+
+def test_nan_in_a_batch_is_skipped_counted_and_training_continues(tmp_path, monkeypatch):
+    forward_calls = {"n": 0}
+    build = train_module.build_model
+
+    def poisoned(cfg, device):
+        model = build(cfg, device)
+
+        def hook(module, args, output):
+            if module.training:
+                forward_calls["n"] += 1
+                if forward_calls["n"] == 3:  # the third training step's batch
+                    return output * float("nan")
+            return output
+
+        model.embed.register_forward_hook(hook)
+        return model
+
+    monkeypatch.setattr(train_module, "build_model", poisoned)
+    assert main(run_args(tmp_path, iters=6, sets=["monitor.log_freq=2", "curriculum.enabled=false"])) == 0
+    run = tmp_path / "run"
+    skipped = rows(run / "skipped_steps.jsonl")
+    assert [s["step"] for s in skipped] == [3] and skipped[0]["reason"] == "nan" and len(skipped[0]["ids"]) == 4
+    got = rows(run / "metrics.jsonl")
+    assert [r["step"] for r in got] == [2, 3, 4, 6]
+    bad = got[1]
+    assert bad["train_loss"] is None and bad["nan_count"] == 1 and bad["update_ratio"] == 0.0
+    assert got[-1]["nan_count"] == 1 and math.isfinite(got[-1]["train_loss"])
+    final = torch.load(run / "hatching_final.pt", weights_only=True)
+    assert all(torch.isfinite(v).all() for v in final["model_state"].values())
+
+
+def test_too_many_bad_steps_in_a_row_stop_with_a_checkpoint(tmp_path, monkeypatch, capsys):
+    build = train_module.build_model
+
+    def always_nan(cfg, device):
+        model = build(cfg, device)
+        model.embed.register_forward_hook(lambda m, a, out: out * float("inf") if m.training else out)
+        return model
+
+    monkeypatch.setattr(train_module, "build_model", always_nan)
+    assert main(run_args(tmp_path, iters=10, sets=["monitor.max_bad_steps=3"])) == 3
+    err = capsys.readouterr().err
+    assert "3 steps in a row" in err and "monitor.max_bad_steps=3" in err
+    ckpt = load_checkpoint(str(tmp_path / "run" / "hatching_step_3.pt"))
+    assert ckpt["trainer_state"]["nan_count"] + ckpt["trainer_state"]["inf_count"] == 3
+    assert not (tmp_path / "run" / "hatching_final.pt").exists()
+
+
+# ---------------------------------------------------------------------------------------- checkpoints
+def test_truncated_checkpoint_is_refused_clearly_and_others_are_untouched(tmp_path, capsys):
+    assert main(run_args(tmp_path, iters=4, sets=["monitor.save_freq=2"])) == 0
+    run = tmp_path / "run"
+    good = (run / "hatching_step_4.pt").read_bytes()
+    data = (run / "hatching_final.pt").read_bytes()
+    (run / "hatching_final.pt").write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match="truncated or corrupt"):
+        load_checkpoint(str(run / "hatching_final.pt"))
+    os.utime(run / "hatching_final.pt")  # the newest: --resume auto picks it, and must refuse it
+    assert main(run_args(tmp_path, "--resume", "auto", iters=6)) == 1
+    err = capsys.readouterr().err
+    assert "hatching_final.pt" in err and "truncated or corrupt" in err and "hatching_step_4.pt" in err
+    assert (run / "hatching_step_4.pt").read_bytes() == good
+    assert load_checkpoint(str(run / "hatching_step_2.pt"))["step"] == 2
+    (run / "garbage.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError, match="garbage.pt"):
+        load_checkpoint(str(run / "garbage.pt"))
+
+
+KILL_DURING_WRITE = textwrap.dedent("""
+    import sys, time, torch
+    import bdh.train as t
+    path = sys.argv[1]
+    t.save_checkpoint(path, {"step": 1, "payload": torch.zeros(1000)})
+    real_save = torch.save
+    def slow_save(obj, f):
+        real_save(obj, f)
+        f.flush()
+        print("WRITING", flush=True)
+        time.sleep(60)
+    torch.save = slow_save
+    t.save_checkpoint(path, {"step": 2, "payload": torch.ones(1000)})
+""")
+
+
+def test_sigkill_during_a_checkpoint_write_keeps_the_previous_one(tmp_path):
+    path = tmp_path / "hatching_step_1.pt"
+    proc = subprocess.Popen([sys.executable, "-c", KILL_DURING_WRITE, str(path)], stdout=subprocess.PIPE,
+                            text=True, env=subprocess_env())
+    assert proc.stdout.readline().strip() == "WRITING"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    ckpt = torch.load(path, weights_only=True)
+    assert ckpt["step"] == 1 and ckpt["payload"].sum() == 0
+    leftovers = [n for n in os.listdir(tmp_path) if n != path.name]
+    assert len(leftovers) == 1 and leftovers[0].startswith(".hatching_step_1.pt.tmp.")
+    assert list_checkpoints(str(tmp_path)) == [str(path)]  # the temp file is never a candidate
+
+
+def test_save_checkpoint_replaces_atomically(tmp_path):
+    path = str(tmp_path / "x.pt")
+    save_checkpoint(path, {"a": torch.ones(3)})
+    save_checkpoint(path, {"a": torch.zeros(3)})
+    assert torch.load(path, weights_only=True)["a"].sum() == 0 and os.listdir(tmp_path) == ["x.pt"]
+
+
+@pytest.mark.slow
+def test_resume_after_sigkill_reproduces_the_uninterrupted_losses_exactly(tmp_path):
+    """N steps straight == N/2 steps, SIGKILL, --resume auto for the rest: bit-identical losses (CPU fp32)."""
+    n = 16
+    sets = ["monitor.log_freq=1", "monitor.save_freq=8", "monitor.eval_freq=5", "model.dropout=0.1",
+            "training.max_seq_len=128", "training.batch_size=8"]
+    cmd = [sys.executable, "-m", "bdh.train", "--device", "cpu"]
+    straight = tmp_path / "straight"
+    subprocess.run(cmd + run_args(straight, iters=n, sets=sets), check=True, env=subprocess_env(),
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen(cmd + run_args(killed, iters=n, sets=sets), env=subprocess_env(),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    target = killed / "run" / "hatching_step_8.pt"
+    deadline = time.time() + 300
+    while not target.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
+    assert not (killed / "run" / "hatching_final.pt").exists()
+    before = {r["step"] for r in rows(killed / "run" / "metrics.jsonl")}
+    assert 8 in before and n not in before
+
+    subprocess.run(cmd + run_args(killed, "--resume", "auto", iters=n, sets=sets), check=True,
+                   env=subprocess_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    expected = {r["step"]: r for r in rows(straight / "run" / "metrics.jsonl")}
+    resumed = {}
+    for r in rows(killed / "run" / "metrics.jsonl"):  # a killed run's rows after step 8 are redone
+        resumed[r["step"]] = r
+    assert sorted(resumed) == sorted(expected) == list(range(1, n + 1))
+    for step in expected:
+        for key in ("train_loss", "grad_norm", "firing_rate", "val_loss", "weight_norm"):
+            assert resumed[step].get(key) == expected[step].get(key), (step, key)
+    a = torch.load(straight / "run" / "hatching_final.pt", weights_only=True)["model_state"]
+    b = torch.load(killed / "run" / "hatching_final.pt", weights_only=True)["model_state"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+# ------------------------------------------------------------------------------------------ end to end
+@pytest.mark.slow
+def test_default_command_runs_end_to_end(tmp_path):
+    """`python -m bdh.train --max-iters 40`: the tiny config on the starter data, all four stages."""
+    proc = subprocess.run([sys.executable, "-m", "bdh.train", "--max-iters", "40"], cwd=tmp_path,
+                          env=subprocess_env(), capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    got = rows(tmp_path / "runs" / "tiny" / "metrics.jsonl")
+    assert {r["stage"] for r in got} == {1, 2, 3, 4}
+    assert got[-1]["step"] == 40 and got[-1]["train_loss"] < got[0]["train_loss"]
+    assert (tmp_path / "runs" / "tiny" / "hatching_final.pt").exists()
+    assert "stage 4/4 multi_task" in proc.stderr + proc.stdout
+
+
+@pytest.mark.slow
+def test_torchrun_two_ranks_match_one_process(tmp_path):
+    """torchrun --nproc_per_node=2 (gloo, CPU) == one process with the same global batch, within tolerance."""
+    sets = ["monitor.log_freq=1", "training.batch_size=8", "monitor.eval_freq=100"]
+    single = subprocess.run([sys.executable, "-m", "bdh.train", "--device", "cpu"]
+                            + run_args(tmp_path, name="single", iters=4, sets=sets),
+                            env=subprocess_env(), capture_output=True, text=True, timeout=600)
+    assert single.returncode == 0, single.stderr[-3000:]
+    ddp = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                          "-m", "bdh.train", "--distributed"] + run_args(tmp_path, name="ddp", iters=4, sets=sets),
+                         env=subprocess_env(), capture_output=True, text=True, timeout=600)
+    assert ddp.returncode == 0, ddp.stderr[-3000:]
+    a = rows(tmp_path / "single" / "metrics.jsonl")
+    b = rows(tmp_path / "ddp" / "metrics.jsonl")  # rank 0 alone writes
+    assert [r["step"] for r in a] == [r["step"] for r in b] == [1, 2, 3, 4]
+    for ra, rb in zip(a, b):
+        assert rb["train_loss"] == pytest.approx(ra["train_loss"], rel=2e-3)
+        assert rb["firing_rate"] == pytest.approx(ra["firing_rate"], rel=2e-2)
+    assert b[0]["train_loss"] == pytest.approx(a[0]["train_loss"], rel=1e-5)  # same weights, same records
+    ckpts = [n for n in os.listdir(tmp_path / "ddp") if n.endswith(".pt")]
+    assert "hatching_final.pt" in ckpts
