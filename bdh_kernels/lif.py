@@ -214,11 +214,13 @@ def lif(
 
     with ``v_rest = v_reset`` (0 for soft reset) and ``v_0 = v_init`` (default ``v_rest``), ``i_0 = i_init``
     (default 0). ``1/tau`` is applied as a multiplication by the fp32-rounded reciprocal in every backend.
-    The forward equals SpikingJelly's multi-step ``LIFNode(tau=tau_mem, decay_input, v_threshold, v_reset,
-    detach_reset)``. With ``tau_syn`` it is Norse's current-based ``LIF`` with ``dt * tau_mem_inv =
-    1/tau_mem``, ``dt * tau_syn_inv = 1/tau_syn`` and ``v_leak = v_reset``, except that here the current
-    of step t drives the membrane at step t (Norse's spikes are ours delayed by one step). Ties
-    (``h_t == v_threshold``) fire, as in SpikingJelly; snnTorch and Norse fire only above threshold.
+    The spikes equal SpikingJelly's multi-step ``LIFNode(tau=tau_mem, decay_input, v_threshold, v_reset,
+    detach_reset)`` (SpikingJelly divides by tau where this multiplies by the rounded reciprocal, so the
+    membranes may differ in the last bit). With ``tau_syn`` they equal Norse's current-based ``LIF``
+    (``lif_feed_forward_step``) with ``dt * tau_mem_inv = 1/tau_mem``, ``dt * tau_syn_inv = 1/tau_syn``,
+    ``v_leak = v_reset`` and ``decay_input=True``, step for step; Norse's final ``state.i`` is
+    ``(1 - 1/tau_syn)`` times ours (it stores the current after its decay). Ties (``h_t == v_threshold``)
+    fire, as in SpikingJelly; snnTorch and Norse fire only above threshold.
 
     Args:
         x: input current, fp16/bf16/fp32 (fp64 on the reference and cpp backends), any layout.

@@ -21,12 +21,14 @@ The peers are stepped with ``unbind``: indexing ``x[t]`` in a Python loop makes 
 in T (PEERS.md); Norse's ``LIF`` module indexes that way, so its ``LIFCell``/``LIFBoxCell`` are used.
 
 ``benchmark.extra_info`` of each case: library, device, dtype, mode, shape, ``saved_bytes_per_neuron_step``
-(fwd+bwd only: distinct storages other than the input's that autograd saved, measured with
-``torch.autograd.graph.saved_tensors_hooks``, divided by T*B*N), ``floor_median_s`` and
-``ratio_to_floor`` (this case's median over the same run's 4-clone median for the same shape; in the fwd
-mode too, for a common yardstick). ``benchmarks/report.py`` turns the JSON into tables.
+(fwd+bwd only: the distinct storages, other than the input's, of the tensors autograd saved and the graph
+still holds when the forward returns, seen through ``torch.autograd.graph.saved_tensors_hooks``, divided
+by T*B*N), ``floor_median_s`` and ``ratio_to_floor`` (this case's median over the same run's 4-clone
+median for the same shape; in the fwd mode too, for a common yardstick). ``benchmarks/report.py`` turns
+the JSON into tables.
 """
-import math
+import gc
+import weakref
 
 import pytest
 import torch
@@ -131,23 +133,41 @@ def _make(lib, device):
 
 
 # ---------------------------------------------------------------------------------------- measuring
-def saved_bytes_per_neuron_step(fn, x):
-    """Bytes autograd keeps for the backward of ``fn(x)``, per element of x, the input's storage excluded.
+class _Saved:
+    """What the pack hook hands autograd: alive exactly as long as the graph keeps the saved tensor."""
 
-    Distinct storages are counted once (the peers save many views of one tensor, or the same tensor for
-    several ops); x's own storage is excluded because every method keeps a reference to the input.
+    __slots__ = ("tensor", "__weakref__")
+
+    def __init__(self, tensor):
+        self.tensor = tensor
+
+
+def saved_bytes_per_neuron_step(fn, x):
+    """Bytes the autograd graph of ``fn(x)`` keeps for the backward, per element of x, x's storage excluded.
+
+    Every tensor autograd saves goes through the pack hook; the ones still held once ``fn`` has returned
+    (graph nodes that were built and dropped during the forward, e.g. a detached reset, release theirs)
+    are counted, each distinct storage once (the peers save several views of one tensor, or one tensor
+    for several ops). x's storage is excluded: every method keeps a reference to its input.
     """
-    storages = {}
-    x_ptr = x.untyped_storage().data_ptr()
+    refs = []
 
     def pack(t):
-        st = t.untyped_storage()
-        if st.data_ptr() != x_ptr and st.nbytes():
-            storages[(st.device, st.data_ptr())] = st.nbytes()
-        return t  # keeps it alive, so no address is reused while we count
+        box = _Saved(t)
+        refs.append(weakref.ref(box))
+        return box
 
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda box: box.tensor):
         out = fn(x)
+    gc.collect()
+    x_ptr = x.untyped_storage().data_ptr()
+    storages = {}
+    for ref in refs:
+        box = ref()
+        if box is not None:
+            st = box.tensor.untyped_storage()
+            if st.data_ptr() != x_ptr and st.nbytes():
+                storages[(st.device, st.data_ptr())] = st.nbytes()
     del out
     return sum(storages.values()) / x.numel()
 
