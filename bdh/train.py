@@ -26,7 +26,7 @@ Everything goes to ``<log_dir>/<name>/``:
   numbers are written as null.
 * TensorBoard event files (when tensorboard is installed); wandb with ``--wandb`` (when installed).
 * ``skipped_steps.jsonl``: each skipped step with its reason, loss, grad norm and batch record ids.
-* ``alerts.jsonl``: when ``bdh.alerts.check(row) -> list`` exists, its alerts for each metrics row.
+* ``alerts.jsonl``: the alerts ``bdh.alerts.AlertMonitor`` raises on the metrics rows (printed too).
 * checkpoints ``hatching_step_N.pt`` (every save_freq), ``hatching_best.pt`` (best val_loss),
   ``hatching_final.pt``: step, model_state, optimizer_state, scheduler_state, config (a plain dict),
   eval_metrics, rng_state (python, numpy, torch, cuda), sampler_state, trainer_state. Written
@@ -313,7 +313,8 @@ class RunLog:
         mode = "w" if fresh else "a"
         self.metrics = open(os.path.join(run_dir, "metrics.jsonl"), mode)
         self.skipped = open(os.path.join(run_dir, "skipped_steps.jsonl"), mode)
-        self.alerts_file = None
+        if fresh:
+            open(os.path.join(run_dir, "alerts.jsonl"), "w").close()
         self.tb = None
         if cfg.monitor.tensorboard:
             try:
@@ -329,11 +330,14 @@ class RunLog:
                 wandb.init(project="bdh-hatching", name=name, config=cfg.to_dict(), dir=run_dir, resume="allow")
             except ImportError:
                 log.warning("--wandb given but wandb is not installed (pip install wandb); logging without it")
+        # alerts: bdh.alerts.AlertMonitor().update(row) (its state travels in checkpoints), or a check(row)
         try:
             from bdh import alerts
-            self.check = getattr(alerts, "check", None)
         except ImportError:
-            self.check = None
+            alerts = None
+        self.alert_monitor = alerts.AlertMonitor() if hasattr(alerts, "AlertMonitor") else None
+        self.check = self.alert_monitor.update if self.alert_monitor is not None else getattr(alerts, "check", None)
+        self.append_alerts = getattr(alerts, "append_alerts", None)
 
     def write(self, row: dict) -> list:
         row = {k: _finite_or_none(v) for k, v in row.items()}
@@ -349,12 +353,13 @@ class RunLog:
         alerts = []
         if self.check is not None:
             alerts = list(self.check(row))
-            if alerts:
-                if self.alerts_file is None:
-                    self.alerts_file = open(os.path.join(self.run_dir, "alerts.jsonl"), "a")
-                for a in alerts:
-                    self.alerts_file.write(json.dumps({"step": row["step"], **_plain(a)}) + "\n")
-                self.alerts_file.flush()
+            path = os.path.join(self.run_dir, "alerts.jsonl")
+            if alerts and self.append_alerts is not None:
+                self.append_alerts(path, alerts)
+            elif alerts:
+                with open(path, "a") as f:
+                    for a in alerts:
+                        f.write(json.dumps({"step": row["step"], **_plain(a)}) + "\n")
         return alerts
 
     def write_skipped(self, entry: dict) -> None:
@@ -362,9 +367,8 @@ class RunLog:
         self.skipped.flush()
 
     def close(self):
-        for f in (self.metrics, self.skipped, self.alerts_file):
-            if f is not None:
-                f.close()
+        self.metrics.close()
+        self.skipped.close()
         if self.tb is not None:
             self.tb.close()
         if self.wandb is not None:
@@ -386,7 +390,22 @@ def _plain(alert) -> dict:
 # -------------------------------------------------------------------------------------------- train
 def train(cfg: Config, run_dir: str, device: torch.device, dtype: torch.dtype, resume_from=None,
           distributed: bool = False, use_wandb: bool = False, name: str = "run") -> dict:
-    """Run (or continue) training; returns the last metrics row."""
+    """Run (or continue) training; returns the last metrics row.
+
+    On CPU, subnormal floats are flushed to zero while training (``torch.set_flush_denormal``): the LIF
+    backward scales the membrane gradient by (1 - 1/tau_mem) per token, so after ~126 silent tokens
+    (tau_mem 2) it underflows into subnormals, and CPU matmuls on subnormal operands run up to 100x
+    slower (measured: the tiny tier's step 0.97 s -> 0.59 s). GPUs flush them in matmuls anyway.
+    """
+    flush = device.type == "cpu" and torch.set_flush_denormal(True)
+    try:
+        return _train(cfg, run_dir, device, dtype, resume_from, distributed, use_wandb, name)
+    finally:
+        if flush:
+            torch.set_flush_denormal(False)
+
+
+def _train(cfg, run_dir, device, dtype, resume_from, distributed, use_wandb, name):
     rank, world = (dist.get_rank(), dist.get_world_size()) if distributed else (0, 1)
     master = rank == 0
     t_cfg, mon = cfg.training, cfg.monitor
@@ -417,7 +436,7 @@ def train(cfg: Config, run_dir: str, device: torch.device, dtype: torch.dtype, r
                                 seed=t_cfg.seed, rank=rank, world_size=world)
     vals = val_batches(splits, cfg, micro)
 
-    step, eval_metrics, fresh = 0, {}, resume_from is None
+    step, eval_metrics, fresh, resume_state = 0, {}, resume_from is None, {}
     counters = {"nan_count": 0, "inf_count": 0, "bad_in_row": 0, "best_val_loss": math.inf}
     if resume_from is not None:
         ckpt = resume_from
@@ -426,7 +445,9 @@ def train(cfg: Config, run_dir: str, device: torch.device, dtype: torch.dtype, r
         scheduler.load_state_dict(ckpt["scheduler_state"])
         sampler.load_state_dict(ckpt["sampler_state"])
         step, eval_metrics = int(ckpt["step"]), dict(ckpt["eval_metrics"])
-        counters.update(ckpt.get("trainer_state", {}))
+        trainer_state = dict(ckpt.get("trainer_state", {}))
+        resume_state["alerts"] = trainer_state.pop("alerts", None)
+        counters.update(trainer_state)
         set_rng_state(ckpt["rng_state"])
         if rank:
             torch.manual_seed(t_cfg.seed + rank + step)  # rank 0's RNG state is the one saved
@@ -440,6 +461,8 @@ def train(cfg: Config, run_dir: str, device: torch.device, dtype: torch.dtype, r
     model.train()
     autocast = torch.autocast(device.type, dtype=dtype) if dtype != torch.float32 else contextlib.nullcontext()
     runlog = RunLog(run_dir, cfg, fresh=fresh, use_wandb=use_wandb, name=name) if master else None
+    if master and resume_state.get("alerts") is not None and runlog.alert_monitor is not None:
+        runlog.alert_monitor.load_state_dict(resume_state["alerts"])
 
     def say(msg):
         if master:
@@ -461,9 +484,12 @@ def train(cfg: Config, run_dir: str, device: torch.device, dtype: torch.dtype, r
         return len(stages) - 1
 
     def checkpoint_state(s):
+        trainer_state = dict(counters)
+        if master and runlog.alert_monitor is not None:
+            trainer_state["alerts"] = runlog.alert_monitor.state_dict()
         return {"step": s, "model_state": raw.state_dict(), "optimizer_state": optimizer.state_dict(),
                 "scheduler_state": scheduler.state_dict(), "config": cfg.to_dict(), "eval_metrics": eval_metrics,
-                "rng_state": rng_state(), "sampler_state": sampler.state_dict(), "trainer_state": dict(counters)}
+                "rng_state": rng_state(), "sampler_state": sampler.state_dict(), "trainer_state": trainer_state}
 
     def save(fname, s):
         if master:
@@ -594,7 +620,7 @@ def train(cfg: Config, run_dir: str, device: torch.device, dtype: torch.dtype, r
             row["time"] = time.time()
             if master:
                 for a in runlog.write(row):
-                    say(f"ALERT step {step}: {_plain(a)}")
+                    say(f"alert: {a}")
                 if quiet:
                     print(f"step {step} stage {stage + 1} loss {train_loss:.4f}"
                           + (f" val {row['val_loss']:.4f}" if "val_loss" in row else "")

@@ -207,6 +207,8 @@ def test_nan_in_a_batch_is_skipped_counted_and_training_continues(tmp_path, monk
     bad = got[1]
     assert bad["train_loss"] is None and bad["nan_count"] == 1 and bad["update_ratio"] == 0.0
     assert got[-1]["nan_count"] == 1 and math.isfinite(got[-1]["train_loss"])
+    if (run / "alerts.jsonl").exists() and os.path.getsize(run / "alerts.jsonl"):  # bdh.alerts is there
+        assert any(a["name"] == "nan_detected" and a["step"] == 3 for a in rows(run / "alerts.jsonl"))
     final = torch.load(run / "hatching_final.pt", weights_only=True)
     assert all(torch.isfinite(v).all() for v in final["model_state"].values())
 
@@ -361,3 +363,63 @@ def test_torchrun_two_ranks_match_one_process(tmp_path):
     assert b[0]["train_loss"] == pytest.approx(a[0]["train_loss"], rel=1e-5)  # same weights, same records
     ckpts = [n for n in os.listdir(tmp_path / "ddp") if n.endswith(".pt")]
     assert "hatching_final.pt" in ckpts
+
+
+# ------------------------------------------------------------------------------------------- memory
+class LiveBytes:
+    """Peak bytes of live tensor storages created by the ops run inside it (a dispatch mode)."""
+
+    def __init__(self):
+        from torch.utils._python_dispatch import TorchDispatchMode
+
+        tracker = self
+
+        class Mode(TorchDispatchMode):
+            def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+                out = func(*args, **(kwargs or {}))
+                torch.utils._pytree.tree_map(tracker.track, out)
+                return out
+
+        self.mode, self.live, self.peak, self.seen = Mode(), 0, 0, {}
+
+    def track(self, t):
+        import weakref
+
+        if isinstance(t, torch.Tensor):
+            storage = t.untyped_storage()
+            key = storage.data_ptr()
+            if key and key not in self.seen:
+                self.seen[key] = storage.nbytes()
+                self.live += storage.nbytes()
+                self.peak = max(self.peak, self.live)
+                weakref.finalize(storage, self.free, key)
+        return t
+
+    def free(self, key):
+        self.live -= self.seen.pop(key, 0)
+
+
+@pytest.mark.parametrize("overrides", [[], ["training.activation_checkpointing=true"],
+                                       ["model.dropout=0.1", "training.max_seq_len=256"]])
+def test_memory_prediction_is_within_15_percent_of_a_measured_step(overrides):
+    """On CPU fp32: predicted peak vs the peak of live tensor bytes over a training step (+ params, AdamW)."""
+    from bdh.model import Hatching
+    from bdh.train import predict_peak_bytes, token_losses
+
+    cfg = load_config("tiny", ["model.n_layer=2", "model.mlp_internal_dim_multiplier=16", "training.batch_size=4",
+                               "training.max_seq_len=128"] + overrides)
+    model = Hatching(cfg)
+    model.activation_checkpointing = cfg.training.activation_checkpointing
+    opt = torch.optim.AdamW(model.parameters())
+    idx = torch.randint(0, 256, (4, cfg.training.max_seq_len))
+    for _ in range(2):  # the second step, when AdamW's moments exist
+        tracker = LiveBytes()
+        with tracker.mode:
+            out = model(idx)
+            (token_losses(out.logits, idx).mean() + model.sparsity_loss(out.rates)).backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+        del out
+    measured = tracker.peak + 3 * 4 * sum(p.numel() for p in model.parameters())  # params + 2 moments
+    predicted = predict_peak_bytes(cfg, 4, torch.float32)
+    assert 0.85 < predicted / measured < 1.15, (predicted, measured)
