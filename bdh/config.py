@@ -132,6 +132,9 @@ class MonitorConfig:
     nan_check: bool = True                # skip steps with a non-finite loss or gradient
     max_bad_steps: int = 10               # stop after this many skipped steps in a row
     eval_batches: int = 4                 # val batches per task (of training.batch_size records)
+    eval_samples: int = 8                 # val prompts per task answered and scored at each eval (0: none)
+    eval_max_new_tokens: int = 128        # longest answer at those evals, in bytes
+    best_metric: str = "overall"          # hatching_best.pt: "overall" (ties: val_loss) or "val_loss"
     tensorboard: bool = True              # event files beside metrics.jsonl when tensorboard is installed
 
 
@@ -317,8 +320,11 @@ def validate(cfg: Config) -> Config:
          f"must be auto, float32 or bfloat16, got {t.dtype!r}")
     need(0 <= cfg.bio.sparsity_target <= 1, "bio.sparsity_target", f"must be in [0, 1], got {cfg.bio.sparsity_target}")
     need(cfg.bio.sparsity_weight >= 0, "bio.sparsity_weight", f"must be >= 0, got {cfg.bio.sparsity_weight}")
-    for key in ("log_freq", "eval_freq", "save_freq", "max_bad_steps", "eval_batches"):
+    for key in ("log_freq", "eval_freq", "save_freq", "max_bad_steps", "eval_batches", "eval_max_new_tokens"):
         need(getattr(cfg.monitor, key) >= 1, f"monitor.{key}", f"must be >= 1, got {getattr(cfg.monitor, key)}")
+    need(cfg.monitor.eval_samples >= 0, "monitor.eval_samples", f"must be >= 0 (0: no generation eval), got {cfg.monitor.eval_samples}")
+    need(cfg.monitor.best_metric in ("overall", "val_loss"), "monitor.best_metric",
+         f"must be overall or val_loss, got {cfg.monitor.best_metric!r}")
     need(len(cfg.curriculum.stages) >= 1, "curriculum.stages", "needs at least one stage")
     for i, stage in enumerate(cfg.curriculum.stages):
         key = f"curriculum.stages[{i}]"

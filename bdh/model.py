@@ -20,6 +20,12 @@ Neurons must fire. The drive is LN(x) @ E, so its spread is std(E) * sqrt(D); E_
 initialised so that the membrane's spread under the LIF filter puts ``bio.sparsity_target`` of it above
 threshold (:func:`drive_std`), and the loss adds ``sparsity_weight * mean((rate - target)^2)`` over the
 2 * n_layer neuron populations, which keeps the rate near the target in training.
+
+Recurrent form (generation): every step above is per token except three, which are scans over the
+tokens and so carry a state: the LIF membranes, the STDP traces, and the attention's running sum
+kv = sum_j rope(k)_j^T x_j (a query then reads rope(x_s)_t @ kv). ``model(idx, state, return_state=True)``
+feeds a text in chunks, one token at a time included, with the logits of feeding it whole and a
+cost per token that does not depend on how long the text already is.
 """
 import math
 from statistics import NormalDist
@@ -30,7 +36,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from bdh_kernels import lif, stdp_traces
+from bdh_kernels import LIFState, lif, stdp_traces
 
 
 def drive_std(tau_mem, tau_syn, decay_input, v_threshold, v_reset, rate, steps=512):
@@ -94,11 +100,12 @@ class RoPE(torch.autograd.Function):
         return RoPE.rotate(grad, phase.conj()), None
 
 
-def rope_phases(t, n, device, theta=2.0**16):
-    """[T, N/2] complex64 unit phases of upstream BDH: angle = 2 pi frac(position * freq), one freq per pair."""
+def rope_phases(t, n, device, theta=2.0**16, start=0):
+    """[T, N/2] complex64 unit phases of upstream BDH for positions start .. start + T - 1:
+    angle = 2 pi frac(position * freq), one freq per pair (a position's row does not depend on start)."""
     pair = torch.arange(0, n, 2, device=device, dtype=torch.float32)
     freqs = 1.0 / theta ** (pair / n) / (2 * math.pi)
-    phases = torch.arange(t, device=device, dtype=torch.float32)[:, None] * freqs
+    phases = torch.arange(start, start + t, device=device, dtype=torch.float32)[:, None] * freqs
     angle = (phases % 1) * (2 * math.pi)
     return torch.polar(torch.ones_like(angle), angle)
 
@@ -123,10 +130,25 @@ def firing_rate(s):
     return rate + (mean - mean.detach()) / mean_active.clamp_min(1e-6)
 
 
+class LayerState(NamedTuple):
+    """What one layer carries from a chunk of tokens to the next, so a text can be fed in pieces (one
+    token at a time when generating) at a cost per token that does not grow with the text:"""
+    x_neurons: Optional[LIFState]  # membranes (and currents) of the x and y neurons; None with ReLU
+    y_neurons: Optional[LIFState]
+    trace: Optional[torch.Tensor]  # [B, nh, N] STDP trace of x_s after the last token; None without STDP
+    kv: torch.Tensor               # [B, nh, N, D] sum_j rope(k)_j^T x_j over the tokens so far (fp32 at least)
+
+
+class State(NamedTuple):
+    position: int                  # tokens consumed so far (the next token's RoPE position)
+    layers: tuple                  # one LayerState per layer
+
+
 class Output(NamedTuple):
     logits: torch.Tensor           # [B, T, 256]
     rates: torch.Tensor            # [n_layer, 2] firing rate of the x and y neurons (differentiable)
     drive: Optional[torch.Tensor]  # [n_layer, 3] sum, sum of squares, count of the LIF input currents
+    state: Optional[State] = None  # with return_state=True: the state after the last token
 
 
 class HatchingLayer(nn.Module):
@@ -146,22 +168,48 @@ class HatchingLayer(nn.Module):
         self.cfg = cfg
         self.drop = nn.Dropout(m.dropout)
 
-    def neurons(self, drive):
+    def neurons(self, drive, init: Optional[LIFState], return_state: bool):
+        """(gated spikes, LIFState after the last token or None): LIF along the token axis, or ReLU."""
         lc = self.cfg.lif
         if not lc.enabled:
-            return F.relu(drive)
-        return lif(drive, tau_mem=lc.tau_mem, v_threshold=lc.v_threshold, v_reset=lc.v_reset,
-                   decay_input=lc.decay_input, tau_syn=lc.tau_syn, surrogate=lc.surrogate, alpha=lc.alpha,
-                   detach_reset=lc.detach_reset, time_dim=2, output="gated", backend=lc.backend)
+            return F.relu(drive), None
+        out = lif(drive, tau_mem=lc.tau_mem, v_threshold=lc.v_threshold, v_reset=lc.v_reset,
+                  decay_input=lc.decay_input, tau_syn=lc.tau_syn, surrogate=lc.surrogate, alpha=lc.alpha,
+                  detach_reset=lc.detach_reset, time_dim=2, output="gated", backend=lc.backend,
+                  v_init=None if init is None else init.v, i_init=None if init is None else init.i,
+                  return_state=return_state)
+        return out if return_state else (out, None)
 
-    def forward(self, x, phase, collect_stats: bool = False):
+    def keys(self, x_s, trace_init, return_state: bool):
+        """(keys, trace after the last token or None): the STDP traces of x_s, or x_s itself."""
+        if not self.cfg.stdp.enabled:
+            return x_s, None
+        out = stdp_traces(x_s, self.cfg.stdp.tau_plus, time_dim=2, trace_init=trace_init,
+                          return_state=return_state, backend=self.cfg.lif.backend)
+        return out if return_state else (out, None)
+
+    def forward(self, x, phase, collect_stats: bool = False, state: Optional[LayerState] = None,
+                return_state: bool = False):
+        """x [B, 1, T, D] (tokens after those ``state`` has seen; None: the start of the text) ->
+        (x, rates, drive stats or None, LayerState after the last token or None)."""
         x_lat = x @ self.E_x                                         # [B, nh, T, N]
-        x_s = self.neurons(x_lat)
-        k = stdp_traces(x_s, self.cfg.stdp.tau_plus, time_dim=2, backend=self.cfg.lif.backend) \
-            if self.cfg.stdp.enabled else x_s
-        y_att = layer_norm(causal_linear_attention(RoPE.apply(x_s, phase), RoPE.apply(k, phase), x), ATTENTION_EPS)
+        x_s, x_state = self.neurons(x_lat, None if state is None else state.x_neurons, return_state)
+        k, trace = self.keys(x_s, None if state is None else state.trace, return_state)
+        q, k = RoPE.apply(x_s, phase), RoPE.apply(k, phase)
+        att = causal_linear_attention(q, k, x)
+        kv = None
+        if state is not None or return_state:
+            # the earlier tokens' keys and values, summed (outside autocast: a long sum in bf16 drifts)
+            with torch.autocast(x.device.type, enabled=False):
+                acc = torch.promote_types(x.dtype, torch.float32)
+                if state is not None:
+                    att = att + (q.to(acc) @ state.kv).to(att.dtype)
+                if return_state:
+                    kv = k.to(acc).mT @ x.to(acc)
+                    kv = kv if state is None else kv + state.kv
+        y_att = layer_norm(att, ATTENTION_EPS)
         y_lat = y_att @ self.E_y
-        y_s = self.neurons(y_lat)
+        y_s, y_state = self.neurons(y_lat, None if state is None else state.y_neurons, return_state)
         xy = self.drop(x_s * y_s)
         y = layer_norm((xy @ self.Dec).sum(1, keepdim=True), DECODER_EPS)  # [B, 1, T, D]
         x = layer_norm(x + y)
@@ -172,7 +220,7 @@ class HatchingLayer(nn.Module):
                 drive = torch.stack([sum(t.float().sum() for t in (x_lat, y_lat)),
                                      sum(t.float().square().sum() for t in (x_lat, y_lat)),
                                      torch.tensor(float(x_lat.numel() + y_lat.numel()), device=x.device)])
-        return x, rates, drive
+        return x, rates, drive, LayerState(x_state, y_state, trace, kv) if return_state else None
 
 
 class Hatching(nn.Module):
@@ -188,22 +236,31 @@ class Hatching(nn.Module):
         self.activation_checkpointing = False
         self.collect_stats = False  # also return the LIF drive statistics (for logging)
 
-    def forward(self, idx) -> Output:
-        """idx [B, T] byte ids -> Output(logits [B, T, 256], rates [n_layer, 2], drive stats or None)."""
+    def forward(self, idx, state: Optional[State] = None, return_state: bool = False) -> Output:
+        """idx [B, T] byte ids -> Output(logits [B, T, 256], rates [n_layer, 2], drive stats or None,
+        State or None).
+
+        state: the State after the text before idx (from an earlier call with return_state=True), so
+        a text fed in chunks gives the logits of feeding it whole; None: idx starts the text.
+        """
         _, t = idx.shape
-        phase = rope_phases(t, self.n_neurons, idx.device)
+        start = 0 if state is None else state.position
+        phase = rope_phases(t, self.n_neurons, idx.device, start=start)
         x = layer_norm(self.embed(idx)).unsqueeze(1)                # [B, 1, T, D]
-        rates, drives = [], []
+        rates, drives, states = [], [], []
         for i in range(self.cfg.model.n_layer):
             layer = self.layers[i % len(self.layers)]
+            args = (x, phase, self.collect_stats, None if state is None else state.layers[i], return_state)
             if self.activation_checkpointing and self.training and torch.is_grad_enabled():
-                x, r, d = checkpoint(layer, x, phase, self.collect_stats, use_reentrant=False)
+                x, r, d, s = checkpoint(layer, *args, use_reentrant=False)
             else:
-                x, r, d = layer(x, phase, self.collect_stats)
+                x, r, d, s = layer(*args)
             rates.append(r)
             drives.append(d)
+            states.append(s)
         logits = x.squeeze(1) @ self.lm_head
-        return Output(logits, torch.stack(rates), torch.stack(drives) if self.collect_stats else None)
+        return Output(logits, torch.stack(rates), torch.stack(drives) if self.collect_stats else None,
+                      State(start + t, tuple(states)) if return_state else None)
 
     def sparsity_loss(self, rates):
         """sparsity_weight * mean over neuron populations of (rate - sparsity_target)^2."""

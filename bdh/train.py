@@ -27,13 +27,17 @@ Everything goes to ``<log_dir>/<name>/``:
 * TensorBoard event files (when tensorboard is installed); wandb with ``--wandb`` (when installed).
 * ``skipped_steps.jsonl``: each skipped step with its reason, loss, grad norm and batch record ids.
 * ``alerts.jsonl``: the alerts ``bdh.alerts.AlertMonitor`` raises on the metrics rows (printed too).
-* checkpoints ``hatching_step_N.pt`` (every save_freq), ``hatching_best.pt`` (best val_loss),
+* checkpoints ``hatching_step_N.pt`` (every save_freq), ``hatching_best.pt`` (the best eval, below),
   ``hatching_final.pt``: step, model_state, optimizer_state, scheduler_state, config (a plain dict),
   eval_metrics, rng_state (python, numpy, torch, cuda), sampler_state, trainer_state. Written
   atomically; ``torch.load(path, weights_only=True)`` loads them.
 
-The evaluation seam: ``evaluate_fn(model, val_batches, autocast)`` computes the val losses; when
-``bdh/evaluate.py`` defines ``eval_hook(model, val_batches) -> dict``, its metrics are merged in.
+Every ``monitor.eval_freq`` steps and at each stage end (``evaluate_fn``): the val losses on fixed val
+batches, and ``bdh.evaluate.quick_eval``'s generation metrics (greedy answers to the first
+``monitor.eval_samples`` val prompts of each task, scored by bdh.metrics: function_format_accuracy,
+argument_accuracy, bash_format_accuracy, command_validity, multi_step_accuracy, coherence, overall).
+They are logged, stored as the checkpoints' ``eval_metrics``, and pick ``hatching_best.pt``
+(``monitor.best_metric``: the highest overall score, ties broken by val_loss; or the lowest val_loss).
 """
 import argparse
 import contextlib
@@ -48,27 +52,19 @@ import resource
 import sys
 import time
 import warnings
-from collections import defaultdict
 
 import numpy as np
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 from tqdm import tqdm
 
+from bdh.checkpoint import CheckpointError, list_checkpoints, load_checkpoint, save_checkpoint
 from bdh.config import Config, ConfigError, load_config, parse_override, set_value, validate
 from bdh.data import IGNORE_INDEX, TASKS, CurriculumSampler, collate, load_splits
+from bdh.evaluate import checkpoint_score, quick_eval, token_losses, val_losses
 from bdh.model import Hatching
 
 log = logging.getLogger("bdh.train")
-
-CHECKPOINT_KEYS = ("step", "model_state", "optimizer_state", "scheduler_state", "config", "eval_metrics",
-                   "rng_state", "sampler_state")
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint that cannot be used (missing, truncated, corrupt, or from another model)."""
-
 
 class TrainingStopped(RuntimeError):
     """Training stopped on purpose (too many non-finite steps in a row)."""
@@ -179,55 +175,6 @@ def peak_memory_mb(device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
 
 
-# ------------------------------------------------------------------------------------- checkpoints
-def save_checkpoint(path: str, state: dict) -> None:
-    """Write atomically: a temp file in the same directory, fsync, rename over ``path``, fsync the dir."""
-    directory, name = os.path.split(os.path.abspath(path))
-    tmp = os.path.join(directory, f".{name}.tmp.{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            torch.save(state, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def list_checkpoints(run_dir: str) -> list:
-    """Resumable checkpoints of a run, newest first (hatching_step_N.pt and hatching_final.pt)."""
-    paths = glob.glob(os.path.join(run_dir, "hatching_step_*.pt")) + glob.glob(os.path.join(run_dir, "hatching_final.pt"))
-
-    def key(p):
-        stem = os.path.basename(p)[len("hatching_"):-3]
-        return os.path.getmtime(p), int(stem[5:]) if stem.startswith("step_") and stem[5:].isdigit() else math.inf
-
-    return sorted(paths, key=key, reverse=True)
-
-
-def load_checkpoint(path: str) -> dict:
-    """Load a checkpoint (weights_only) or raise CheckpointError saying what is wrong with it."""
-    if not os.path.isfile(path):
-        raise CheckpointError(f"checkpoint {path!r} does not exist")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # truncated zip, bad pickle, ...: torch raises several types
-        others = [p for p in list_checkpoints(os.path.dirname(path) or ".") if os.path.abspath(p) != os.path.abspath(path)]
-        hint = f"; other checkpoints (untouched): {', '.join(map(os.path.basename, others))}" if others else ""
-        raise CheckpointError(f"checkpoint {path!r} is truncated or corrupt and cannot be loaded "
-                              f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}){hint}") from None
-    if not isinstance(ckpt, dict) or any(k not in ckpt for k in CHECKPOINT_KEYS):
-        missing = [k for k in CHECKPOINT_KEYS if not isinstance(ckpt, dict) or k not in ckpt]
-        raise CheckpointError(f"checkpoint {path!r} is not a Hatching training checkpoint (missing {missing})")
-    return ckpt
-
-
 def rng_state() -> dict:
     np_state = np.random.get_state()
     return {
@@ -259,42 +206,10 @@ def val_batches(splits: dict, cfg: Config, micro: int) -> list:
     return out
 
 
-def token_losses(logits, targets):
-    """[B, T] cross-entropy per position (0 where targets is IGNORE_INDEX)."""
-    return F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), targets.reshape(-1),
-                           ignore_index=IGNORE_INDEX, reduction="none").view(targets.shape)
-
-
-@torch.no_grad()
-def val_losses(model, batches, autocast) -> dict:
-    """val_loss_<task>: mean loss per target byte of that task; val_loss: the mean over tasks."""
-    was_training = model.training
-    model.eval()
-    sums, counts = defaultdict(float), defaultdict(float)
-    device = next(model.parameters()).device
-    for batch in batches:
-        with autocast:
-            logits = model(batch["inputs"].to(device)).logits
-        losses = token_losses(logits, batch["targets"].to(device)).sum(1).cpu()
-        for task, loss, n in zip(batch["tasks"], losses.tolist(), batch["loss_mask"].sum(1).tolist()):
-            sums[task] += loss
-            counts[task] += n
-    model.train(was_training)
-    metrics = {f"val_loss_{t}": sums[t] / counts[t] for t in sorted(sums) if counts[t] > 0}
-    metrics["val_loss"] = sum(metrics.values()) / max(1, len(metrics))
-    return metrics
-
-
-def evaluate_fn(model, batches, autocast) -> dict:
-    """The evaluation seam: val losses, plus ``bdh.evaluate.eval_hook(model, batches)`` when it exists."""
+def evaluate_fn(model, batches, val_records, cfg, autocast) -> dict:
+    """The periodic eval: val losses on the fixed batches, then the generation metrics (bdh.evaluate)."""
     metrics = val_losses(model, batches, autocast)
-    try:
-        from bdh import evaluate as extra
-    except ImportError:
-        extra = None
-    hook = getattr(extra, "eval_hook", None)
-    if hook is not None:
-        metrics.update(hook(model, batches))
+    metrics.update(quick_eval(model, val_records, cfg))
     return metrics
 
 
@@ -435,9 +350,10 @@ def _train(cfg, run_dir, device, dtype, resume_from, distributed, use_wandb, nam
     sampler = CurriculumSampler({t: s.train for t, s in splits.items()}, per_rank, stages[0][3],
                                 seed=t_cfg.seed, rank=rank, world_size=world)
     vals = val_batches(splits, cfg, micro)
+    val_records = {t: s.val for t, s in splits.items() if s.val}
 
     step, eval_metrics, fresh, resume_state = 0, {}, resume_from is None, {}
-    counters = {"nan_count": 0, "inf_count": 0, "bad_in_row": 0, "best_val_loss": math.inf}
+    counters = {"nan_count": 0, "inf_count": 0, "bad_in_row": 0, "best_score": None}
     if resume_from is not None:
         ckpt = resume_from
         raw.load_state_dict(ckpt["model_state"])
@@ -524,6 +440,7 @@ def _train(cfg, run_dir, device, dtype, resume_from, distributed, use_wandb, nam
         if distributed:
             dist.all_reduce(n_global)
         raw.collect_stats = row_now
+        sparsity_total = torch.zeros((), device=device)
         for j in range(accum):
             sl = slice(j * micro, (j + 1) * micro)
             sync = contextlib.nullcontext() if not distributed or j == accum - 1 else model.no_sync()
@@ -544,7 +461,7 @@ def _train(cfg, run_dir, device, dtype, resume_from, distributed, use_wandb, nam
                 for r, task in enumerate(batch["tasks"][sl]):
                     stats[2 + task_index[task]] += row_sums[r]
                     stats[2 + len(TASKS) + task_index[task]] += (targets[sl][r] != IGNORE_INDEX).sum()
-            sparsity_total = sparsity.detach() if j == 0 else sparsity_total + sparsity.detach()
+            sparsity_total += sparsity.detach().float()
         if distributed:
             dist.all_reduce(stats)
             dist.all_reduce(sparsity_total)
@@ -615,7 +532,7 @@ def _train(cfg, run_dir, device, dtype, resume_from, distributed, use_wandb, nam
                         "peak_memory_mb": peak_memory_mb(device)})
             train_time, tokens_since = 0.0, 0
             if eval_now and master:
-                eval_metrics = {"step": step, **evaluate_fn(raw, vals, autocast)}
+                eval_metrics = {"step": step, **evaluate_fn(raw, vals, val_records, cfg, autocast)}
                 row.update({k: v for k, v in eval_metrics.items() if k != "step"})
             row["time"] = time.time()
             if master:
@@ -629,9 +546,11 @@ def _train(cfg, run_dir, device, dtype, resume_from, distributed, use_wandb, nam
                 if eval_now and "val_loss" in row:
                     say(f"step {step}: val_loss {row['val_loss']:.4f} "
                         + " ".join(f"{k[9:]} {v:.3f}" for k, v in row.items() if k.startswith("val_loss_")))
-            if eval_now and master and eval_metrics.get("val_loss", math.inf) < counters["best_val_loss"]:
-                counters["best_val_loss"] = eval_metrics["val_loss"]
-                save("hatching_best.pt", step)
+            if eval_now and master:
+                score = checkpoint_score(eval_metrics, mon.best_metric)
+                if counters["best_score"] is None or score > tuple(counters["best_score"]):
+                    counters["best_score"] = list(score)
+                    save("hatching_best.pt", step)
         bar.update(1)
         bar.set_postfix(loss=f"{train_loss:.3f}", tok_s=f"{t_cfg.batch_size * t_cfg.max_seq_len / max(time.time() - t0, 1e-9):.0f}",
                         stage=f"{stage + 1}:{stages[stage][0]}", refresh=False)

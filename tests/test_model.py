@@ -123,7 +123,8 @@ def test_lif_disabled_is_relu_bdh_gpu(monkeypatch):
     # the layer's activity is relu(x @ E_x): check against a direct computation on layer 0
     layer = model.layers[0]
     x = F.layer_norm(model.embed(idx), (32,)).unsqueeze(1)
-    assert torch.equal(layer.neurons(x @ layer.E_x), F.relu(x @ layer.E_x))
+    spikes, state = layer.neurons(x @ layer.E_x, None, return_state=False)
+    assert state is None and torch.equal(spikes, F.relu(x @ layer.E_x))
 
 
 def test_stdp_disabled_uses_spikes_as_keys(monkeypatch):

@@ -2,7 +2,6 @@
 import json
 import math
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -13,34 +12,12 @@ import pytest
 import torch
 
 import bdh.train as train_module
+from bdh.checkpoint import CHECKPOINT_KEYS, CheckpointError, list_checkpoints, load_checkpoint, save_checkpoint
 from bdh.config import ConfigError, load_config, stage_schedule
-from bdh.train import CheckpointError, list_checkpoints, load_checkpoint, main, save_checkpoint
+from bdh.evaluate import checkpoint_score
+from bdh.train import main
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-CUSTOM = os.path.join(HERE, "fixtures", "custom.yaml")
-
-# a model small enough that a step takes a few tens of milliseconds
-MICRO = ["model.n_layer=2", "model.n_embd=32", "model.n_head=2", "model.mlp_internal_dim_multiplier=4",
-         "training.batch_size=4", "training.max_seq_len=64", "monitor.eval_batches=1", "training.warmup_iters=2"]
-
-METRIC_KEYS = {"step", "stage", "stage_name", "train_loss", "sparsity_loss", "grad_norm", "grad_max", "nan_count",
-               "inf_count", "firing_rate", "activation_mean", "activation_std", "learning_rate", "weight_norm",
-               "update_ratio", "tokens_per_s", "peak_memory_mb", "time"}
-
-
-def run_args(tmp_path, *extra, name="run", iters=8, sets=()):
-    return ["--log-dir", str(tmp_path), "--name", name, "--max-iters", str(iters), "--set", *MICRO, *sets, *extra]
-
-
-def rows(path):
-    with open(path) as f:
-        return [json.loads(line) for line in f]
-
-
-def subprocess_env():
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.path.dirname(HERE) + os.pathsep + env.get("PYTHONPATH", "")
-    return env
+from train_cases import CUSTOM, METRIC_KEYS, rows, run_args, subprocess_env
 
 
 # ------------------------------------------------------------------------------------------- config
@@ -151,13 +128,17 @@ def test_short_run_writes_metrics_checkpoints_and_events(tmp_path):
         assert expected in names
     assert any(n.startswith("events.out.tfevents") for n in names) or not _has_tensorboard()
     ckpt = torch.load(run / "hatching_final.pt", weights_only=True)
-    assert set(train_module.CHECKPOINT_KEYS) <= set(ckpt)
+    assert set(CHECKPOINT_KEYS) <= set(ckpt)
     assert ckpt["step"] == 8 and ckpt["config"]["training"]["max_iters"] == 8
     assert set(ckpt["rng_state"]) == {"python", "numpy", "torch", "cuda"}
     assert ckpt["sampler_state"]["draws"] == 8 * 4
-    assert "val_loss" in ckpt["eval_metrics"]
+    generation = {"coherence", "function_format_accuracy", "argument_accuracy", "bash_format_accuracy",
+                  "command_validity", "overall"}
+    assert {"val_loss"} | generation <= set(ckpt["eval_metrics"])
+    evals = [r for r in got if "val_loss" in r]
+    assert all(generation <= set(r) for r in evals)
     best = torch.load(run / "hatching_best.pt", weights_only=True)
-    assert best["eval_metrics"]["val_loss"] == min(r["val_loss"] for r in got if "val_loss" in r)
+    assert checkpoint_score(best["eval_metrics"], "overall") == max(checkpoint_score(r, "overall") for r in evals)
 
 
 def _has_tensorboard():
@@ -252,7 +233,7 @@ def test_truncated_checkpoint_is_refused_clearly_and_others_are_untouched(tmp_pa
 
 KILL_DURING_WRITE = textwrap.dedent("""
     import sys, time, torch
-    import bdh.train as t
+    import bdh.checkpoint as t
     path = sys.argv[1]
     t.save_checkpoint(path, {"step": 1, "payload": torch.zeros(1000)})
     real_save = torch.save

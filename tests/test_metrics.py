@@ -1,11 +1,11 @@
-"""bdh.evaluate's metrics on hand-made model outputs: correct, malformed and partly correct calls,
+"""bdh.metrics on hand-made model outputs: correct, malformed and partly correct calls,
 commands, episodes and text, with the scores each must get."""
 import json
 
 import pytest
 
-from bdh import evaluate as ev
-from bdh.evaluate import (
+from bdh import metrics as ev
+from bdh.metrics import (
     BashSyntaxError, Metric, command_names, coherence, distinct_n, episodes, evaluate_outputs, overall,
     score_bash, score_function_call, score_tool_episode, wilson_interval, word_validity,
 )

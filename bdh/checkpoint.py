@@ -1,0 +1,80 @@
+"""Training checkpoints: atomic writes, a clear error for a bad file, and loading a model for inference.
+
+A checkpoint is a dict with CHECKPOINT_KEYS (bdh.train writes them) that ``torch.load(path,
+weights_only=True)`` reads: tensors, and plain Python data for the rest (the config as a dict).
+"""
+import glob
+import math
+import os
+
+import torch
+
+from bdh.config import Config
+from bdh.model import Hatching
+
+CHECKPOINT_KEYS = ("step", "model_state", "optimizer_state", "scheduler_state", "config", "eval_metrics",
+                   "rng_state", "sampler_state")
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that cannot be used (missing, truncated, corrupt, or from another model)."""
+
+
+def save_checkpoint(path: str, state: dict) -> None:
+    """Write atomically: a temp file in the same directory, fsync, rename over ``path``, fsync the dir."""
+    directory, name = os.path.split(os.path.abspath(path))
+    tmp = os.path.join(directory, f".{name}.tmp.{os.getpid()}")
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(state, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def list_checkpoints(run_dir: str) -> list:
+    """Resumable checkpoints of a run, newest first (hatching_step_N.pt and hatching_final.pt)."""
+    paths = glob.glob(os.path.join(run_dir, "hatching_step_*.pt")) + glob.glob(os.path.join(run_dir, "hatching_final.pt"))
+
+    def key(p):
+        stem = os.path.basename(p)[len("hatching_"):-3]
+        return os.path.getmtime(p), int(stem[5:]) if stem.startswith("step_") and stem[5:].isdigit() else math.inf
+
+    return sorted(paths, key=key, reverse=True)
+
+
+def load_checkpoint(path: str) -> dict:
+    """Load a checkpoint (weights_only) or raise CheckpointError saying what is wrong with it."""
+    if not os.path.isfile(path):
+        raise CheckpointError(f"checkpoint {path!r} does not exist")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # truncated zip, bad pickle, ...: torch raises several types
+        others = [p for p in list_checkpoints(os.path.dirname(path) or ".") if os.path.abspath(p) != os.path.abspath(path)]
+        hint = f"; other checkpoints (untouched): {', '.join(map(os.path.basename, others))}" if others else ""
+        raise CheckpointError(f"checkpoint {path!r} is truncated or corrupt and cannot be loaded "
+                              f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}){hint}") from None
+    if not isinstance(ckpt, dict) or any(k not in ckpt for k in CHECKPOINT_KEYS):
+        missing = [k for k in CHECKPOINT_KEYS if not isinstance(ckpt, dict) or k not in ckpt]
+        raise CheckpointError(f"checkpoint {path!r} is not a Hatching training checkpoint (missing {missing})")
+    return ckpt
+
+
+def load_model(path: str, device="cpu"):
+    """(model in eval mode on ``device``, its Config, the checkpoint dict) from a training checkpoint."""
+    ckpt = load_checkpoint(path)
+    cfg = Config.from_dict(ckpt["config"])
+    model = Hatching(cfg)
+    try:
+        model.load_state_dict(ckpt["model_state"])
+    except RuntimeError as e:
+        raise CheckpointError(f"checkpoint {path!r}: its weights do not fit its own config ({str(e).splitlines()[0]})") from None
+    return model.to(device).eval(), cfg, ckpt

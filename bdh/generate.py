@@ -1,0 +1,117 @@
+"""Sample from a Hatching checkpoint: ``python -m bdh.generate --checkpoint PATH --prompt "User: ..."``.
+
+The prompt goes through the model once, as one chunk that returns the model's recurrent
+:class:`bdh.model.State` (LIF membranes, STDP traces, the attention's running key-value sum); each new
+byte is then one forward of that single byte from the state. Nothing grows with the context, so the
+time per new byte is the same at context 64 and 1024 (benchmarks/bench_generate.py checks the ratio),
+and the logits equal those of recomputing the whole context (tests/test_generate.py).
+
+Sampling: ``temperature`` 0 is greedy (argmax, no randomness); otherwise bytes are drawn from
+softmax(logits / temperature) restricted to the ``top_k`` most likely (all 256 when None), with a
+seeded generator. Generation stops after the EOS byte (0, which ends every training target) or after
+``max_new_tokens`` bytes; the CLI streams the text to stdout as it is written.
+"""
+import argparse
+import codecs
+import sys
+from typing import Iterator, Optional
+
+import torch
+
+from bdh.checkpoint import CheckpointError, load_model
+from bdh.data import EOS, VOCAB_SIZE
+
+
+def next_byte(logits: torch.Tensor, temperature: float, top_k: Optional[int], generator) -> int:
+    """One byte id from the [256] logits of the last position (see the module docstring)."""
+    if temperature == 0:
+        return int(logits.argmax())
+    logits = logits.float() / temperature
+    if top_k is not None and top_k < logits.numel():
+        kth = torch.topk(logits, top_k).values[-1]
+        logits = logits.masked_fill(logits < kth, -float("inf"))
+    return int(torch.multinomial(torch.softmax(logits, -1), 1, generator=generator))
+
+
+def check_sampling(max_new_tokens: int, temperature: float, top_k: Optional[int]) -> None:
+    if max_new_tokens < 0:
+        raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
+    if not temperature >= 0:  # also refuses NaN
+        raise ValueError(f"temperature must be >= 0 (0: greedy), got {temperature}")
+    if top_k is not None and not 1 <= top_k <= VOCAB_SIZE:
+        raise ValueError(f"top_k must be in 1..{VOCAB_SIZE} (or None for all), got {top_k}")
+
+
+@torch.no_grad()
+def generate_bytes(model, prompt: bytes, max_new_tokens: int = 256, temperature: float = 0.0,
+                   top_k: Optional[int] = None, seed: Optional[int] = None) -> Iterator[int]:
+    """Yield the new byte ids one at a time (the EOS byte last, if the model writes it).
+
+    model: a :class:`bdh.model.Hatching` (put in eval mode here); prompt: its bytes, at least one.
+    """
+    check_sampling(max_new_tokens, temperature, top_k)
+    if not prompt:
+        raise ValueError("prompt is empty: the model needs at least one byte to condition on")
+    model.eval()
+    device = next(model.parameters()).device
+    generator = None
+    if temperature > 0:
+        generator = torch.Generator(device=device)
+        if seed is not None:
+            generator.manual_seed(seed)
+        else:
+            generator.seed()
+    out = model(torch.tensor([list(prompt)], device=device), return_state=True)
+    for _ in range(max_new_tokens):
+        byte = next_byte(out.logits[0, -1], temperature, top_k, generator)
+        yield byte
+        if byte == EOS:
+            return
+        out = model(torch.tensor([[byte]], device=device), state=out.state, return_state=True)
+
+
+def generate_text(model, prompt: str, **kwargs) -> str:
+    """The text the model writes after ``prompt`` (UTF-8; EOS dropped, invalid bytes replaced)."""
+    new = bytes(b for b in generate_bytes(model, prompt.encode(), **kwargs) if b != EOS)
+    return new.decode("utf-8", errors="replace")
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(
+        prog="python -m bdh.generate",
+        description="Write text with a Hatching checkpoint, streaming it to stdout. The context is carried "
+                    "as a recurrent state, so each new byte costs the same however long the text is.")
+    p.add_argument("--checkpoint", required=True, help="a hatching_*.pt written by python -m bdh.train")
+    p.add_argument("--prompt", required=True,
+                   help='the text to continue, in the training format, e.g. "User: List the files here.\\nAssistant: "')
+    p.add_argument("--max-new-tokens", type=int, default=256, help="bytes to write at most (default: 256)")
+    p.add_argument("--temperature", type=float, default=0.8, help="0 is greedy; default 0.8")
+    p.add_argument("--top-k", type=int, default=None, help="sample among the k likeliest bytes (default: all)")
+    p.add_argument("--seed", type=int, default=None, help="seed for sampling (default: a fresh one)")
+    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default: cpu)")
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    try:
+        check_sampling(args.max_new_tokens, args.temperature, args.top_k)
+        if not args.prompt:
+            raise ValueError("--prompt is empty")
+        model, _, _ = load_model(args.checkpoint, args.device)
+    except (CheckpointError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")  # a character may span several bytes
+    sys.stdout.write(args.prompt)
+    for byte in generate_bytes(model, args.prompt.encode(), args.max_new_tokens, args.temperature, args.top_k,
+                               args.seed):
+        if byte != EOS:
+            sys.stdout.write(decoder.decode(bytes([byte])))
+            sys.stdout.flush()
+    sys.stdout.write(decoder.decode(b"", final=True) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
