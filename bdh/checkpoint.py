@@ -9,7 +9,7 @@ import os
 
 import torch
 
-from bdh.config import Config
+from bdh.config import Config, ConfigError
 from bdh.model import Hatching
 
 CHECKPOINT_KEYS = ("step", "model_state", "optimizer_state", "scheduler_state", "config", "eval_metrics",
@@ -68,8 +68,24 @@ def load_checkpoint(path: str) -> dict:
     return ckpt
 
 
+def resolve_device(name: str, what: str = "training.device") -> torch.device:
+    """"auto" (a GPU when there is one), "cpu", "cuda" or "cuda:N"; a ValueError naming ``what`` otherwise."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"{what}: {name!r} is not a device (auto, cpu, cuda or cuda:N)") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"{what}: {name!r} asked for but CUDA is not available")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise ConfigError(f"{what}: {name!r} asked for but there are {torch.cuda.device_count()} CUDA devices")
+    return device
+
+
 def load_model(path: str, device="cpu"):
     """(model in eval mode on ``device``, its Config, the checkpoint dict) from a training checkpoint."""
+    device = resolve_device(device, "device") if isinstance(device, str) else device
     ckpt = load_checkpoint(path)
     cfg = Config.from_dict(ckpt["config"])
     model = Hatching(cfg)

@@ -30,7 +30,7 @@ from typing import Mapping, Optional, Sequence
 import torch
 import torch.nn.functional as F
 
-from bdh.checkpoint import CheckpointError, load_model
+from bdh.checkpoint import CheckpointError, load_model, resolve_device
 from bdh.data import EOS, IGNORE_INDEX, TASKS, collate, load_splits
 from bdh.data.records import write_atomic
 from bdh.generate import generate_bytes
@@ -183,7 +183,7 @@ def main(argv=None) -> int:
         for name in ("prompt_bytes", "max_loss_records"):
             if getattr(args, name) is not None and getattr(args, name) < 1:
                 raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
-        model, cfg, ckpt = load_model(args.checkpoint, args.device)
+        model, cfg, ckpt = load_model(args.checkpoint, resolve_device(args.device, "--device"))
         splits = load_splits(args.data_dir)
     except (CheckpointError, ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)

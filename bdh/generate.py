@@ -18,7 +18,7 @@ from typing import Iterator, Optional
 
 import torch
 
-from bdh.checkpoint import CheckpointError, load_model
+from bdh.checkpoint import CheckpointError, load_model, resolve_device
 from bdh.data import EOS, VOCAB_SIZE
 
 
@@ -98,7 +98,7 @@ def main(argv=None) -> int:
         check_sampling(args.max_new_tokens, args.temperature, args.top_k)
         if not args.prompt:
             raise ValueError("--prompt is empty")
-        model, _, _ = load_model(args.checkpoint, args.device)
+        model, _, _ = load_model(args.checkpoint, resolve_device(args.device, "--device"))
     except (CheckpointError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

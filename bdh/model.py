@@ -223,6 +223,15 @@ class HatchingLayer(nn.Module):
         return x, rates, drive, LayerState(x_state, y_state, trace, kv) if return_state else None
 
 
+def check_state(state, batch: int, n_layer: int) -> None:
+    """A clear error for a State that cannot continue this batch (another model's, or another batch size)."""
+    if not isinstance(state, State) or len(state.layers) != n_layer:
+        raise ValueError(f"state must be the State this model returned (n_layer={n_layer}), got {type(state).__name__}")
+    kv = state.layers[0].kv
+    if kv is None or kv.shape[0] != batch:
+        raise ValueError(f"state is for a batch of {None if kv is None else kv.shape[0]} texts, idx has {batch}")
+
+
 class Hatching(nn.Module):
     def __init__(self, cfg):
         super().__init__()
@@ -243,7 +252,9 @@ class Hatching(nn.Module):
         state: the State after the text before idx (from an earlier call with return_state=True), so
         a text fed in chunks gives the logits of feeding it whole; None: idx starts the text.
         """
-        _, t = idx.shape
+        b, t = idx.shape
+        if state is not None:
+            check_state(state, b, self.cfg.model.n_layer)
         start = 0 if state is None else state.position
         phase = rope_phases(t, self.n_neurons, idx.device, start=start)
         x = layer_norm(self.embed(idx)).unsqueeze(1)                # [B, 1, T, D]

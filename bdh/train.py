@@ -58,7 +58,7 @@ import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
-from bdh.checkpoint import CheckpointError, list_checkpoints, load_checkpoint, save_checkpoint
+from bdh.checkpoint import CheckpointError, list_checkpoints, load_checkpoint, resolve_device, save_checkpoint
 from bdh.config import Config, ConfigError, load_config, parse_override, set_value, validate
 from bdh.data import IGNORE_INDEX, TASKS, CurriculumSampler, collate, load_splits
 from bdh.evaluate import checkpoint_score, quick_eval, token_losses, val_losses
@@ -71,15 +71,6 @@ class TrainingStopped(RuntimeError):
 
 
 # ------------------------------------------------------------------------------------------- setup
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"training.device: {name!r} asked for but CUDA is not available")
-    return device
-
-
 def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
     if name == "auto":
         return torch.bfloat16 if device.type == "cuda" and torch.cuda.is_bf16_supported() else torch.float32

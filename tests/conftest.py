@@ -37,3 +37,14 @@ def backend(request):
     if reason:
         pytest.skip(f"{name}: {reason}")
     return name
+
+
+@pytest.fixture(scope="session")
+def micro_checkpoint(tmp_path_factory):
+    """hatching_final.pt of a 4-step training run of the micro model (tests/train_cases.py MICRO)."""
+    from bdh.train import main
+    from train_cases import run_args
+
+    log_dir = tmp_path_factory.mktemp("micro_run")
+    assert main(run_args(log_dir, iters=4, name="micro")) == 0
+    return str(log_dir / "micro" / "hatching_final.pt")

@@ -8,15 +8,7 @@ from bdh.config import load_config
 from bdh.data import CurriculumSampler, collate, load_splits
 from bdh.model import Hatching, RoPE, causal_linear_attention, drive_std, rope_phases
 from bdh_kernels import available_backends
-
-SMALL = ["model.n_layer=2", "model.n_embd=32", "model.n_head=2", "model.mlp_internal_dim_multiplier=4",
-         "model.dropout=0"]
-
-
-def small_model(*overrides, seed=0):
-    cfg = load_config("tiny", SMALL + list(overrides))
-    torch.manual_seed(seed)
-    return Hatching(cfg)
+from train_cases import small_model
 
 
 def loss_of(model, idx):
@@ -200,3 +192,36 @@ def test_per_layer_weights_and_stats():
     out = model(torch.randint(0, 256, (2, 16)))
     assert out.rates.shape == (2, 2) and out.drive.shape == (2, 3)
     assert out.drive[:, 2].eq(2 * 2 * 2 * 16 * 64).all()  # x and y drives: B * nh * T * N each
+
+
+# -------------------------------------------------------------------------------- recurrent state
+VARIANTS = {"default": (), "relu": ("lif.enabled=false",), "no_stdp": ("stdp.enabled=false",),
+            "tau_syn": ("lif.tau_syn=3.0",), "per_layer": ("model.shared_weights=false",)}
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("chunks", [(7, 1, 12, 3), (1,) * 23], ids=["chunks", "one_token"])
+def test_text_fed_in_chunks_with_state_gives_the_logits_of_the_whole_text(variant, chunks):
+    """In float64 (no spike sits on the threshold by rounding), feeding the text piece by piece with the
+    returned State equals feeding it whole: LIF membranes, STDP traces and the attention's kv sum carry over."""
+    model = small_model(*VARIANTS[variant]).double().eval()
+    idx = torch.randint(1, 256, (2, sum(chunks)), generator=torch.Generator().manual_seed(5))
+    whole = model(idx)
+    pieces, state, start = [], None, 0
+    for n in chunks:
+        out = model(idx[:, start:start + n], state=state, return_state=True)
+        pieces.append(out.logits)
+        state, start = out.state, start + n
+    assert state.position == idx.shape[1]
+    torch.testing.assert_close(torch.cat(pieces, 1), whole.logits, rtol=1e-9, atol=1e-9)
+    if variant != "relu":
+        assert 0 < whole.rates.mean() < 1  # spikes, not a trivially silent network
+
+
+def test_state_of_another_batch_is_refused():
+    model = small_model().eval()
+    state = model(torch.randint(1, 256, (2, 5)), return_state=True).state
+    with pytest.raises(ValueError, match="batch of 2 texts, idx has 3"):
+        model(torch.randint(1, 256, (3, 1)), state=state)
+    with pytest.raises(ValueError, match="state must be the State"):
+        model(torch.randint(1, 256, (2, 1)), state=state._replace(layers=state.layers[:1]))

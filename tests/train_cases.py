@@ -1,9 +1,25 @@
-"""Shared by the trainer, evaluate and generate tests: a micro model config and run helpers."""
+"""Shared by the model, trainer, evaluate and generate tests: small model configs and run helpers."""
 import json
 import os
 
+import torch
+
+from bdh.config import load_config
+from bdh.model import Hatching
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 CUSTOM = os.path.join(HERE, "fixtures", "custom.yaml")
+
+SMALL = ["model.n_layer=2", "model.n_embd=32", "model.n_head=2", "model.mlp_internal_dim_multiplier=4",
+         "model.dropout=0"]
+
+
+def small_model(*overrides, seed=0):
+    """The tiny tier shrunk to 2 layers of 2 heads x 64 neurons, D = 32 (seeded weights)."""
+    cfg = load_config("tiny", SMALL + list(overrides))
+    torch.manual_seed(seed)
+    return Hatching(cfg)
+
 
 # a model small enough that a step takes a few tens of milliseconds, and evals that answer one short prompt per task
 MICRO = ["model.n_layer=2", "model.n_embd=32", "model.n_head=2", "model.mlp_internal_dim_multiplier=4",
