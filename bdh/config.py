@@ -304,6 +304,13 @@ def validate(cfg: Config) -> Config:
     need(cfg.lif.v_threshold > 0, "lif.v_threshold", f"must be > 0, got {cfg.lif.v_threshold}")
     need(cfg.lif.v_reset is None or cfg.lif.v_reset < cfg.lif.v_threshold, "lif.v_reset",
          "must be below lif.v_threshold (or null for soft reset)")
+    from bdh_kernels.backends import BACKENDS
+    from bdh_kernels.surrogate import SURROGATES
+
+    need(cfg.lif.backend is None or cfg.lif.backend in BACKENDS, "lif.backend",
+         f"must be one of {', '.join(BACKENDS)} or null (the package picks), got {cfg.lif.backend!r}")
+    need(cfg.lif.surrogate in SURROGATES, "lif.surrogate",
+         f"must be one of {', '.join(SURROGATES)}, got {cfg.lif.surrogate!r}")
     need(cfg.stdp.tau_plus >= 1, "stdp.tau_plus", f"must be >= 1 (in tokens), got {cfg.stdp.tau_plus}")
     need(cfg.stdp.tau_minus >= 1, "stdp.tau_minus", f"must be >= 1 (in tokens), got {cfg.stdp.tau_minus}")
     for key in ("batch_size", "max_seq_len", "max_iters"):
