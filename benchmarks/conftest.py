@@ -36,6 +36,12 @@ SMOKE_CPU_SHAPES = [(40, 2, 96)]  # T > 32: the backward crosses a checkpoint bo
 FULL_GPU_SHAPES = [(128, 32, 4096), (256, 16, 16384), (1024, 8, 16384)]
 SMOKE_GPU_SHAPES = [(40, 2, 96)]
 TARGET_SHAPE = (128, 32, 4096)
+# Full mode also sweeps fwd+bwd over T (B*N fixed) and over N (T, B fixed), for report.py's time-vs-T and
+# time-vs-N plots; the target shape is the T sweep's T=128 point.
+SWEEP_CPU_SHAPES = [(8, 32, 4096), (32, 32, 4096), (512, 32, 4096),
+                    (128, 8, 1024), (128, 8, 4096), (128, 8, 16384), (128, 8, 65536)]
+SWEEP_GPU_SHAPES = [(8, 32, 131072), (32, 32, 131072), (128, 32, 131072), (256, 32, 131072),
+                    (128, 8, 16384), (128, 8, 65536), (128, 8, 262144), (128, 8, 524288)]
 
 
 def pytest_addoption(parser):
@@ -48,11 +54,15 @@ def is_full(config) -> bool:
     return bool(config.getoption("bdh_benchmark_full", default=False))
 
 
-def sizes(config, device: str = "cpu"):
-    """The [T, B, N] shapes to benchmark in this run's mode (full with ``--benchmark``, else smoke)."""
-    if device == "cpu":
-        return FULL_CPU_SHAPES if is_full(config) else SMOKE_CPU_SHAPES
-    return FULL_GPU_SHAPES if is_full(config) else SMOKE_GPU_SHAPES
+def sizes(config, device: str = "cpu", mode: str = "fwd"):
+    """The [T, B, N] shapes to benchmark in this run's mode (full with ``--benchmark``, else smoke); full
+    fwd+bwd adds the sweep shapes."""
+    if not is_full(config):
+        return SMOKE_CPU_SHAPES if device == "cpu" else SMOKE_GPU_SHAPES
+    shapes = FULL_CPU_SHAPES if device == "cpu" else FULL_GPU_SHAPES
+    if mode == "fwd+bwd":
+        shapes = shapes + [s for s in (SWEEP_CPU_SHAPES if device == "cpu" else SWEEP_GPU_SHAPES) if s not in shapes]
+    return shapes
 
 
 def pytest_collect_file(file_path, parent):
@@ -93,7 +103,7 @@ def pytest_generate_tests(metafunc):
     cases, ids = [], []
     for dtype in dtypes:
         for mode in module.MODES:
-            for shape in sizes(metafunc.config, device):
+            for shape in sizes(metafunc.config, device, mode):
                 for lib in libraries:
                     cases.append((device, dtype, mode, shape, lib))
                     ids.append(f"{dtype}-{mode}-{_shape_id(shape)}-{lib}")

@@ -190,6 +190,53 @@ def plots(rows, folder):
         fig.savefig(path, dpi=110)
         plt.close(fig)
         written.append(path)
+    return written + sweep_plots(rows, folder, plt)
+
+
+def sweeps(rows):
+    """The fwd+bwd sweep families in rows: {(device, dtype, "T" or "N"): [rows]} with >= 3 sizes each.
+
+    The T family holds B and N fixed at the most common (B, N) among shapes that share it; the N family
+    holds T and B fixed likewise."""
+    families = defaultdict(list)
+    for r in rows:
+        if r["mode"] != "fwd+bwd":
+            continue
+        t, b, n = r["shape"]
+        families[(r["device"], r["dtype"], "T", (b, n))].append(r)
+        families[(r["device"], r["dtype"], "N", (t, b))].append(r)
+    best = {}
+    for (device, dtype, axis, fixed), grp in families.items():
+        count = len({r["shape"] for r in grp})
+        key = (device, dtype, axis)
+        if count >= 3 and count > best.get(key, (0, None))[0]:
+            best[key] = (count, grp)
+    return {key: grp for key, (_, grp) in best.items()}
+
+
+def sweep_plots(rows, folder, plt):
+    """Log-log lines of median time against T and against N, one line per library."""
+    written = []
+    for (device, dtype, axis), grp in sweeps(rows).items():
+        index = 0 if axis == "T" else 2
+        fixed = {0: "T", 1: "B", 2: "N"}
+        t, b, n = grp[0]["shape"]
+        held = f"B={b}, N={n}" if axis == "T" else f"T={t}, B={b}"
+        fig, ax = plt.subplots(figsize=(6.4, 4.5))
+        for lib in _libs(grp):
+            pts = sorted((r["shape"][index], r["median_s"] * 1e3) for r in grp if r["library"] == lib)
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=lib)
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set_xlabel(fixed[index])
+        ax.set_ylabel("median ms (log)")
+        ax.set_title(f"LIF fwd+bwd {device} {dtype}: time vs {axis} ({held})")
+        ax.legend(fontsize=7, ncol=2)
+        fig.tight_layout()
+        path = os.path.join(folder, f"lif_{device}_{dtype}_time_vs_{axis}.png")
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        written.append(path)
     return written
 
 
