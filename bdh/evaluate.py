@@ -29,12 +29,13 @@ from typing import Mapping, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
+from tqdm import tqdm
 
 from bdh.checkpoint import CheckpointError, load_model, resolve_device
 from bdh.data import EOS, IGNORE_INDEX, TASKS, collate, load_splits
 from bdh.data.records import write_atomic
 from bdh.generate import generate_bytes
-from bdh.metrics import evaluate_outputs
+from bdh.metrics import episodes, evaluate_outputs
 
 
 def token_losses(logits, targets):
@@ -78,10 +79,31 @@ def greedy_answerer(model, max_new_tokens: int, prompt_bytes: int):
     return answer
 
 
+def count_answers(records_by_task: Mapping[str, Sequence], max_samples: Optional[int]) -> int:
+    """How many prompts evaluate_outputs will have answered (tool_use: every call step of each episode)."""
+    total = 0
+    for task, records in records_by_task.items():
+        if task == "tool_use":
+            total += sum(len(e.call_steps) for e in episodes(records)[:max_samples])
+        else:
+            total += len(list(records)[:max_samples])
+    return total
+
+
 def generation_metrics(model, records_by_task: Mapping[str, Sequence], max_samples: Optional[int],
-                       max_new_tokens: int, prompt_bytes: int) -> dict:
-    """bdh.metrics.evaluate_outputs with the model's greedy answers (the model is left in eval mode)."""
-    return evaluate_outputs(records_by_task, greedy_answerer(model, max_new_tokens, prompt_bytes), max_samples)
+                       max_new_tokens: int, prompt_bytes: int, progress: bool = False) -> dict:
+    """bdh.metrics.evaluate_outputs with the model's greedy answers (the model is left in eval mode);
+    progress: a progress bar of the answers on stderr."""
+    answer = greedy_answerer(model, max_new_tokens, prompt_bytes)
+    if not progress:
+        return evaluate_outputs(records_by_task, answer, max_samples)
+    with tqdm(total=count_answers(records_by_task, max_samples), desc="answering", unit="answer",
+              file=sys.stderr, dynamic_ncols=True) as bar:
+        def answer_with_bar(prompt: str) -> str:
+            text = answer(prompt)
+            bar.update()
+            return text
+        return evaluate_outputs(records_by_task, answer_with_bar, max_samples)
 
 
 def quick_eval(model, records_by_task: Mapping[str, Sequence], cfg) -> dict:
@@ -117,7 +139,7 @@ def checkpoint_score(metrics: Mapping, best_metric: str) -> tuple:
 
 def evaluate_checkpoint(model, cfg, records_by_task: Mapping[str, Sequence], max_samples: Optional[int] = 50,
                         max_loss_records: Optional[int] = None, max_new_tokens: int = 256,
-                        prompt_bytes: Optional[int] = None, batch_size: int = 8) -> dict:
+                        prompt_bytes: Optional[int] = None, batch_size: int = 8, progress: bool = False) -> dict:
     """The full report (see the module docstring) as plain data, ready for JSON."""
     seq_len = cfg.training.max_seq_len
     batches = []
@@ -128,7 +150,7 @@ def evaluate_checkpoint(model, cfg, records_by_task: Mapping[str, Sequence], max
     per_task = {t: {"val_loss": losses[f"val_loss_{t}"], "perplexity": math.exp(losses[f"val_loss_{t}"])}
                 for t in records_by_task if f"val_loss_{t}" in losses}
     prompt_bytes = prompt_bytes or default_prompt_bytes(seq_len, max_new_tokens)
-    gen = generation_metrics(model, records_by_task, max_samples, max_new_tokens, prompt_bytes)
+    gen = generation_metrics(model, records_by_task, max_samples, max_new_tokens, prompt_bytes, progress)
     for task, metrics in gen["tasks"].items():
         per_task.setdefault(task, {}).update(metrics)
     return {"val_loss": losses["val_loss"], "perplexity": math.exp(losses["val_loss"]), "tasks": per_task,
@@ -195,7 +217,7 @@ def main(argv=None) -> int:
         return 1
     records = {t: splits[t].val for t in tasks}
     report = evaluate_checkpoint(model, cfg, records, args.max_samples, args.max_loss_records,
-                                 args.max_new_tokens, args.prompt_bytes)
+                                 args.max_new_tokens, args.prompt_bytes, progress=True)
     report["checkpoint"] = {"path": args.checkpoint, "step": int(ckpt["step"])}
     print(f"{args.checkpoint} (step {ckpt['step']})")
     print(format_report(report))
