@@ -32,6 +32,7 @@ from bdh.data import CurriculumSampler, collate, load_splits
 from bdh.evaluate import token_losses
 from bdh.model import Hatching
 from bdh.train import choose_micro_batch, predict_peak_bytes, resolve_dtype
+from bdh_kernels.cpu import flush_denormal
 
 SMOKE_MODEL = ["model.n_layer=2", "model.n_embd=32", "model.n_head=2", "model.mlp_internal_dim_multiplier=4",
                "training.batch_size=4", "training.max_seq_len=32"]
@@ -104,7 +105,7 @@ def run(benchmark, full, step, rounds=None):
 def test_train_step_cpu(benchmark, full, ops):
     cfg = config(full, f"lif.backend={'null' if ops == 'bdh' else 'reference'}")
     model, optimizer, inputs, targets = setup_step(cfg, torch.device("cpu"), cfg.training.batch_size)
-    flush = torch.set_flush_denormal(True)  # as bdh.train does on CPU (its docstring says why)
+    flush = flush_denormal(True)  # as bdh.train does on CPU (bdh_kernels/cpu.py says why)
     try:
         def step():
             training_step(model, cfg, inputs, targets, optimizer)
@@ -113,7 +114,7 @@ def test_train_step_cpu(benchmark, full, ops):
         share = kernel_share(step, "cpu") if ops == "bdh" else None
     finally:
         if flush:
-            torch.set_flush_denormal(False)
+            flush_denormal(False)
     tokens = inputs.numel()
     benchmark.group = "model train_step cpu float32"
     info = {"model_case": "train_step", "variant": ops, "device": "cpu", "full": full, "tokens": tokens,

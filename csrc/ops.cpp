@@ -2,6 +2,8 @@
 // files) and the Python module stub that loads them. Schemas must match bdh_kernels/lif.py and
 // bdh_kernels/stdp.py.
 #include <Python.h>
+#include <ATen/Context.h>
+#include <ATen/Parallel.h>
 #include <torch/library.h>
 
 extern "C" {
@@ -22,6 +24,17 @@ bool built_with_cuda() {
 #endif
 }
 
+// torch.set_flush_denormal for every intra-op thread. It sets the floating-point control register (MXCSR on
+// x86) of the calling thread only, and the OpenMP pool's threads keep the mode they started with, so
+// after the first parallel op the matmuls' workers would still compute on subnormals (slowly). A
+// parallel_for over one index per thread runs the setting on each (ATen's OpenMP split gives every
+// thread of the team exactly one index here). Returns false where the CPU has no such mode.
+bool flush_denormal(bool on) {
+  if (!at::globalContext().setFlushDenormal(on)) return false;
+  at::parallel_for(0, at::get_num_threads(), 1, [on](int64_t, int64_t) { at::globalContext().setFlushDenormal(on); });
+  return true;
+}
+
 TORCH_LIBRARY(bdh, m) {
   m.def(
       "lif_forward(Tensor x, Tensor? v_init, Tensor? i_init, float tau_mem, float v_threshold, "
@@ -34,6 +47,7 @@ TORCH_LIBRARY(bdh, m) {
   m.def("stdp_trace_forward(Tensor spikes, Tensor? trace_init, float tau) -> (Tensor, Tensor)");
   m.def("stdp_trace_backward(Tensor grad_traces, Tensor? grad_final, float tau) -> (Tensor, Tensor)");
   m.def("built_with_cuda() -> bool", &built_with_cuda);
+  m.def("flush_denormal(bool on) -> bool", &flush_denormal);
 }
 
 }  // namespace bdh
