@@ -34,8 +34,8 @@ from tqdm import tqdm
 from bdh.checkpoint import CheckpointError, load_model, resolve_device
 from bdh.data import EOS, IGNORE_INDEX, TASKS, collate, load_splits
 from bdh.data.records import write_atomic
-from bdh.generate import generate_bytes
-from bdh.metrics import episodes, evaluate_outputs
+from bdh.generate import generate_batch
+from bdh.metrics import evaluate_outputs, prompts_to_answer
 
 
 def token_losses(logits, targets):
@@ -71,39 +71,30 @@ def default_prompt_bytes(max_seq_len: int, max_new_tokens: int) -> int:
     return max(max_seq_len - max_new_tokens, max_seq_len // 2)
 
 
-def greedy_answerer(model, max_new_tokens: int, prompt_bytes: int):
-    """prompt -> the model's greedy answer (text up to EOS), seeing the prompt's last prompt_bytes bytes."""
-    def answer(prompt: str) -> str:
-        ids = generate_bytes(model, prompt.encode()[-prompt_bytes:], max_new_tokens, temperature=0.0)
-        return bytes(b for b in ids if b != EOS).decode("utf-8", errors="replace")
-    return answer
-
-
-def count_answers(records_by_task: Mapping[str, Sequence], max_samples: Optional[int]) -> int:
-    """How many prompts evaluate_outputs will have answered (tool_use: every call step of each episode)."""
-    total = 0
-    for task, records in records_by_task.items():
-        if task == "tool_use":
-            total += sum(len(e.call_steps) for e in episodes(records)[:max_samples])
-        else:
-            total += len(list(records)[:max_samples])
-    return total
+def greedy_answers(model, prompts: Sequence[str], max_new_tokens: int, prompt_bytes: int, batch_size: int = 32,
+                   progress: bool = False) -> dict:
+    """{prompt: the model's greedy answer (text up to EOS)}, the model seeing each prompt's last
+    prompt_bytes bytes; answered batch_size prompts at a time (bdh.generate.generate_batch)."""
+    unique = list(dict.fromkeys(prompts))
+    answers = {}
+    with tqdm(total=len(unique), desc="answering", unit="answer", file=sys.stderr, dynamic_ncols=True,
+              disable=not progress) as bar:
+        for i in range(0, len(unique), batch_size):
+            chunk = unique[i:i + batch_size]
+            new = generate_batch(model, [p.encode()[-prompt_bytes:] for p in chunk], max_new_tokens)
+            for prompt, ids in zip(chunk, new):
+                answers[prompt] = bytes(b for b in ids if b != EOS).decode("utf-8", errors="replace")
+            bar.update(len(chunk))
+    return answers
 
 
 def generation_metrics(model, records_by_task: Mapping[str, Sequence], max_samples: Optional[int],
                        max_new_tokens: int, prompt_bytes: int, progress: bool = False) -> dict:
     """bdh.metrics.evaluate_outputs with the model's greedy answers (the model is left in eval mode);
     progress: a progress bar of the answers on stderr."""
-    answer = greedy_answerer(model, max_new_tokens, prompt_bytes)
-    if not progress:
-        return evaluate_outputs(records_by_task, answer, max_samples)
-    with tqdm(total=count_answers(records_by_task, max_samples), desc="answering", unit="answer",
-              file=sys.stderr, dynamic_ncols=True) as bar:
-        def answer_with_bar(prompt: str) -> str:
-            text = answer(prompt)
-            bar.update()
-            return text
-        return evaluate_outputs(records_by_task, answer_with_bar, max_samples)
+    answers = greedy_answers(model, prompts_to_answer(records_by_task, max_samples), max_new_tokens, prompt_bytes,
+                             progress=progress)
+    return evaluate_outputs(records_by_task, answers.__getitem__, max_samples)
 
 
 def quick_eval(model, records_by_task: Mapping[str, Sequence], cfg) -> dict:

@@ -5,6 +5,8 @@ The prompt goes through the model once, as one chunk that returns the model's re
 byte is then one forward of that single byte from the state. Nothing grows with the context, so the
 time per new byte is the same at context 64 and 1024 (benchmarks/bench_generate.py checks the ratio),
 and the logits equal those of recomputing the whole context (tests/test_generate.py).
+:func:`generate_batch` answers several prompts together: each is run alone, their states are stacked
+(each text keeps its own position), and the batch then writes one byte per step (bdh.evaluate uses it).
 
 Sampling: ``temperature`` 0 is greedy (argmax, no randomness); otherwise bytes are drawn from
 softmax(logits / temperature) restricted to the ``top_k`` most likely (all 256 when None), with a
@@ -14,23 +16,41 @@ seeded generator. Generation stops after the EOS byte (0, which ends every train
 import argparse
 import codecs
 import sys
-from typing import Iterator, Optional
+from typing import Iterator, List, Optional, Sequence
 
 import torch
 
 from bdh.checkpoint import CheckpointError, load_model, resolve_device
 from bdh.data import EOS, VOCAB_SIZE
+from bdh.model import stack_states
+
+
+def next_bytes(logits: torch.Tensor, temperature: float, top_k: Optional[int], generator) -> torch.Tensor:
+    """[B] byte ids from the [B, 256] logits of each text's last position (see the module docstring)."""
+    if temperature == 0:
+        return logits.argmax(-1)
+    logits = logits.float() / temperature
+    if top_k is not None and top_k < logits.shape[-1]:
+        kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, -float("inf"))
+    return torch.multinomial(torch.softmax(logits, -1), 1, generator=generator)[:, 0]
 
 
 def next_byte(logits: torch.Tensor, temperature: float, top_k: Optional[int], generator) -> int:
-    """One byte id from the [256] logits of the last position (see the module docstring)."""
+    """One byte id from the [256] logits of the last position."""
+    return int(next_bytes(logits[None], temperature, top_k, generator)[0])
+
+
+def sampling_generator(device, temperature: float, seed: Optional[int]):
+    """The torch.Generator that sampling draws from (None for greedy decoding, which draws nothing)."""
     if temperature == 0:
-        return int(logits.argmax())
-    logits = logits.float() / temperature
-    if top_k is not None and top_k < logits.numel():
-        kth = torch.topk(logits, top_k).values[-1]
-        logits = logits.masked_fill(logits < kth, -float("inf"))
-    return int(torch.multinomial(torch.softmax(logits, -1), 1, generator=generator))
+        return None
+    generator = torch.Generator(device=device)
+    if seed is not None:
+        generator.manual_seed(seed)
+    else:
+        generator.seed()
+    return generator
 
 
 def check_sampling(max_new_tokens: int, temperature: float, top_k: Optional[int]) -> None:
@@ -54,13 +74,7 @@ def generate_bytes(model, prompt: bytes, max_new_tokens: int = 256, temperature:
         raise ValueError("prompt is empty: the model needs at least one byte to condition on")
     model.eval()
     device = next(model.parameters()).device
-    generator = None
-    if temperature > 0:
-        generator = torch.Generator(device=device)
-        if seed is not None:
-            generator.manual_seed(seed)
-        else:
-            generator.seed()
+    generator = sampling_generator(device, temperature, seed)
     out = model(torch.tensor([list(prompt)], device=device), return_state=True)
     for _ in range(max_new_tokens):
         byte = next_byte(out.logits[0, -1], temperature, top_k, generator)
@@ -68,6 +82,40 @@ def generate_bytes(model, prompt: bytes, max_new_tokens: int = 256, temperature:
         if byte == EOS:
             return
         out = model(torch.tensor([[byte]], device=device), state=out.state, return_state=True)
+
+
+@torch.no_grad()
+def generate_batch(model, prompts: Sequence[bytes], max_new_tokens: int = 256, temperature: float = 0.0,
+                   top_k: Optional[int] = None, seed: Optional[int] = None) -> List[List[int]]:
+    """The new byte ids for each prompt (the EOS byte last, where written), decoded together.
+
+    Each prompt is run alone (its own length, no padding), their States are stacked
+    (:func:`bdh.model.stack_states`), and the batch then takes one byte per step until every text has
+    written EOS or max_new_tokens bytes: greedy answers equal :func:`generate_bytes`' for each prompt.
+    """
+    check_sampling(max_new_tokens, temperature, top_k)
+    for n, prompt in enumerate(prompts):
+        if not prompt:
+            raise ValueError(f"prompts[{n}] is empty: the model needs at least one byte to condition on")
+    if not prompts:
+        return []
+    model.eval()
+    device = next(model.parameters()).device
+    generator = sampling_generator(device, temperature, seed)
+    outs = [model(torch.tensor([list(p)], device=device), return_state=True) for p in prompts]
+    logits, state = torch.cat([o.logits[:, -1] for o in outs]), stack_states([o.state for o in outs])
+    new, done = [[] for _ in prompts], [False] * len(prompts)
+    for _ in range(max_new_tokens):
+        chosen = next_bytes(logits, temperature, top_k, generator)
+        for row, byte in enumerate(chosen.tolist()):
+            if not done[row]:
+                new[row].append(byte)
+                done[row] = byte == EOS
+        if all(done):
+            break
+        out = model(chosen[:, None], state=state, return_state=True)
+        logits, state = out.logits[:, -1], out.state
+    return new
 
 
 def generate_text(model, prompt: str, **kwargs) -> str:

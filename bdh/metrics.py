@@ -816,6 +816,18 @@ def score_record(record, output: str, vocabulary=None, known_commands=None) -> D
     return {"coherence": coherence(output, vocabulary)}
 
 
+def prompts_to_answer(records_by_task: Mapping[str, Sequence], max_samples: Optional[int] = None) -> List[str]:
+    """Every prompt that evaluate_outputs(records_by_task, generate, max_samples) asks ``generate``, in
+    order: so a caller can answer them all first (in batches) and then hand over a lookup."""
+    prompts = []
+    for task, records in records_by_task.items():
+        if task == "tool_use":
+            prompts += [r.prompt for episode in episodes(records)[:max_samples] for r in episode.call_steps]
+        else:
+            prompts += [r.prompt for r in list(records)[:max_samples]]
+    return prompts
+
+
 def evaluate_outputs(records_by_task: Mapping[str, Sequence], generate: Callable[[str], str],
                      max_samples: Optional[int] = None, vocabulary=None, known_commands=None) -> dict:
     """Generate an answer for each val record and score it.

@@ -102,10 +102,16 @@ class RoPE(torch.autograd.Function):
 
 def rope_phases(t, n, device, theta=2.0**16, start=0):
     """[T, N/2] complex64 unit phases of upstream BDH for positions start .. start + T - 1:
-    angle = 2 pi frac(position * freq), one freq per pair (a position's row does not depend on start)."""
+    angle = 2 pi frac(position * freq), one freq per pair (a position's row does not depend on start).
+    start may be a [B] tensor of per-text start positions: the phases are then [B, 1, T, N/2]."""
     pair = torch.arange(0, n, 2, device=device, dtype=torch.float32)
     freqs = 1.0 / theta ** (pair / n) / (2 * math.pi)
-    phases = torch.arange(start, start + t, device=device, dtype=torch.float32)[:, None] * freqs
+    positions = torch.arange(t, device=device, dtype=torch.float32)
+    if torch.is_tensor(start):
+        positions = start.to(device=device, dtype=torch.float32)[:, None, None] + positions[:, None]  # [B, T, 1]
+        phases = (positions * freqs).unsqueeze(1)
+    else:
+        phases = (positions + start)[:, None] * freqs
     angle = (phases % 1) * (2 * math.pi)
     return torch.polar(torch.ones_like(angle), angle)
 
@@ -140,8 +146,28 @@ class LayerState(NamedTuple):
 
 
 class State(NamedTuple):
-    position: int                  # tokens consumed so far (the next token's RoPE position)
+    position: object               # tokens consumed so far (the next token's RoPE position): an int, or a
+                                   # [B] LongTensor when the texts differ in length (stack_states)
     layers: tuple                  # one LayerState per layer
+
+
+def stack_states(states) -> State:
+    """One State for a batch from the States of single texts (of any lengths), in order: how texts
+    prefilled one by one are then continued together (generation of a batch of prompts)."""
+    def cat(parts):
+        return None if parts[0] is None else torch.cat(parts, 0)
+
+    layers = []
+    for per_text in zip(*(s.layers for s in states)):
+        neurons = []
+        for field in ("x_neurons", "y_neurons"):
+            lifs = [getattr(layer, field) for layer in per_text]
+            neurons.append(None if lifs[0] is None else LIFState(cat([l.v for l in lifs]), cat([l.i for l in lifs])))
+        layers.append(LayerState(*neurons, cat([layer.trace for layer in per_text]), cat([layer.kv for layer in per_text])))
+    device = layers[0].kv.device
+    position = torch.cat([torch.as_tensor(s.position, device=device).reshape(-1).expand(s.layers[0].kv.shape[0])
+                          for s in states])
+    return State(position, tuple(layers))
 
 
 class Output(NamedTuple):

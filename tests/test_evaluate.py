@@ -9,8 +9,7 @@ import torch.nn.functional as F
 
 from bdh.config import load_config
 from bdh.data import TASKS, collate, load_splits
-from bdh.evaluate import checkpoint_score, count_answers, evaluate_checkpoint, main, quick_eval
-from bdh.metrics import evaluate_outputs
+from bdh.evaluate import checkpoint_score, evaluate_checkpoint, main, quick_eval
 
 from train_cases import MICRO, small_model
 
@@ -48,13 +47,6 @@ def test_report_has_every_task_with_losses_and_metrics(val_records):
         assert 0 <= m["low"] <= m["value"] <= m["high"] <= 1 and m["n"] >= 1
     assert 0 <= report["overall"] <= 1
     assert all(len(s["output"].encode()) <= 4 * 3 for s in report["samples"])  # 4 bytes, replacement chars at most
-
-
-@pytest.mark.parametrize("max_samples", [None, 3])
-def test_count_answers_is_the_number_of_prompts_answered(val_records, max_samples):
-    prompts = []
-    evaluate_outputs(val_records, lambda p: prompts.append(p) or "", max_samples)
-    assert count_answers(val_records, max_samples) == len(prompts)
 
 
 def test_quick_eval_keeps_the_training_run_unchanged(val_records):

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from bdh.data import EOS
-from bdh.generate import generate_bytes, generate_text, main, next_byte
-from bdh.model import Output
+from bdh.generate import generate_batch, generate_bytes, generate_text, main, next_byte
+from bdh.model import LayerState, Output, State
 
 from train_cases import small_model
 
@@ -36,6 +36,28 @@ def test_greedy_generation_equals_recomputing_the_context(overrides):
     assert len(fast) == 24 or fast[-1] == EOS
 
 
+@pytest.mark.parametrize("overrides", [(), ("lif.enabled=false",), ("stdp.enabled=false",), ("lif.tau_syn=3.0",)],
+                         ids=["default", "relu", "no_stdp", "tau_syn"])
+def test_batch_generation_equals_each_prompt_alone(overrides):
+    """Prompts of different lengths, prefilled alone and decoded together (per-text RoPE positions)."""
+    model = small_model(*overrides).double().eval()
+    prompts = [PROMPT, b"x", PROMPT[:17], b"User: hi\nAssistant: "]
+    together = generate_batch(model, prompts, max_new_tokens=12)
+    assert together == [list(generate_bytes(model, p, max_new_tokens=12)) for p in prompts]
+
+
+def test_batch_generation_arguments():
+    model = small_model()
+    assert generate_batch(model, []) == []
+    with pytest.raises(ValueError, match=r"prompts\[1\] is empty"):
+        generate_batch(model, [b"a", b""])
+    with pytest.raises(ValueError, match="top_k"):
+        generate_batch(model, [b"a"], top_k=0)
+    stops = generate_batch(Always(EOS), [b"a", b"bc"], max_new_tokens=5)
+    assert stops == [[EOS], [EOS]]
+    assert generate_batch(Always(ord("z")), [b"a", b"bc"], max_new_tokens=3) == [[122] * 3, [122] * 3]
+
+
 class Always(torch.nn.Module):
     """A stand-in model whose every logit row puts ``byte`` first."""
 
@@ -47,7 +69,8 @@ class Always(torch.nn.Module):
     def forward(self, idx, state=None, return_state=False):
         logits = torch.zeros(*idx.shape, 256)
         logits[..., self.byte] = 1.0
-        return Output(logits, None, None, None)
+        kv = torch.zeros(idx.shape[0], 1, 1, 1)  # a one-layer State with nothing but a batch size
+        return Output(logits, None, None, State(idx.shape[1], (LayerState(None, None, None, kv),)))
 
 
 def test_generation_stops_after_eos_and_text_drops_it():

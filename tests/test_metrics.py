@@ -7,7 +7,7 @@ import pytest
 from bdh import metrics as ev
 from bdh.metrics import (
     BashSyntaxError, Metric, command_names, coherence, distinct_n, episodes, evaluate_outputs, overall,
-    score_bash, score_function_call, score_tool_episode, wilson_interval, word_validity,
+    prompts_to_answer, score_bash, score_function_call, score_tool_episode, wilson_interval, word_validity,
 )
 
 WEATHER = {"name": "get_weather", "description": "Weather now", "parameters": {
@@ -324,3 +324,10 @@ def test_evaluate_outputs_with_a_model_that_writes_nothing(starter_val):
     assert all(metric["value"] == 0.0 for metric in report["metrics"].values())
     assert report["overall"] == 0.0
     assert report["metrics"]["argument_accuracy"]["high"] == pytest.approx(wilson_interval(0, 5)[1])
+
+
+@pytest.mark.parametrize("max_samples", [None, 3])
+def test_prompts_to_answer_are_the_prompts_evaluate_outputs_asks(starter_val, max_samples):
+    asked = []
+    evaluate_outputs(starter_val, lambda p: asked.append(p) or "", max_samples)
+    assert prompts_to_answer(starter_val, max_samples) == asked
