@@ -4,8 +4,8 @@ Run from the repository root::
 
     pytest benchmarks/                          # smoke: every benchmark once, on tiny sizes (what CI runs)
     pytest benchmarks/ --benchmark              # full sizes, timed (minutes on 2 cores)
-    pytest benchmarks/ --benchmark --benchmark-json=/tmp/lif_bench.json && \\
-        python benchmarks/report.py /tmp/lif_bench.json
+    pytest benchmarks/ --benchmark --benchmark-json=lif_bench.json && \\
+        python benchmarks/report.py lif_bench.json
 
 Plain ``pytest`` never runs these: pyproject.toml's ``testpaths = ["tests"]``.
 

@@ -1,8 +1,8 @@
 """Markdown tables (and optional PNG plots) from a pytest-benchmark JSON of benchmarks/bench_lif.py.
 
-    pytest benchmarks/ --benchmark --benchmark-json=/tmp/lif_bench.json
-    python benchmarks/report.py /tmp/lif_bench.json                    # Markdown to stdout
-    python benchmarks/report.py /tmp/lif_bench.json --plots plots/     # also PNGs, if matplotlib is installed
+    pytest benchmarks/ --benchmark --benchmark-json=lif_bench.json
+    python benchmarks/report.py lif_bench.json                    # Markdown to stdout
+    python benchmarks/report.py lif_bench.json --plots plots/     # also PNGs, if matplotlib is installed
 
 Tables, per device / dtype / mode: the median (and min) in ms of each library on each shape; each median over the
 4-clone floor measured in the same run for the same shape; bytes autograd saves per neuron-step
