@@ -3,7 +3,7 @@
 The prompt goes through the model once, as one chunk that returns the model's recurrent
 :class:`bdh.model.State` (LIF membranes, STDP traces, the attention's running key-value sum); each new
 byte is then one forward of that single byte from the state. Nothing grows with the context, so the
-time per new byte is the same at context 64 and 1024 (benchmarks/bench_generate.py checks the ratio),
+time per new byte is the same at context 64 and 1024 (benchmarks/bench_model.py checks the ratio),
 and the logits equal those of recomputing the whole context (tests/test_generate.py).
 :func:`generate_batch` answers several prompts together: each is run alone, their states are stacked
 (each text keeps its own position), and the batch then writes one byte per step (bdh.evaluate uses it).
