@@ -1,0 +1,48 @@
+"""benchmarks/report.py on a hand-made pytest-benchmark JSON: tables, goal lines, and the sweep plots."""
+import importlib.util
+import json
+import os
+
+import pytest
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+spec = importlib.util.spec_from_file_location("bench_report", os.path.join(HERE, "..", "benchmarks", "report.py"))
+report = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(report)
+
+T_SWEEP = [(8, 32, 4096), (32, 32, 4096), (128, 32, 4096), (512, 32, 4096)]
+N_SWEEP = [(128, 8, 1024), (128, 8, 4096), (128, 8, 16384)]
+COST = {"bdh_cpp": 1.0, "spikingjelly": 3.5, "floor_4_clones": 1.2}  # seconds per 2^30 neuron-steps
+
+
+def fake_json(path):
+    benchmarks = []
+    for shape in T_SWEEP + N_SWEEP:
+        for lib, cost in COST.items():
+            seconds = cost * shape[0] * shape[1] * shape[2] / 2**30
+            benchmarks.append({"extra_info": {"library": lib, "device": "cpu", "dtype": "float32", "mode": "fwd+bwd",
+                                              "shape": list(shape), "full": True,
+                                              "saved_bytes_per_neuron_step": 0.125 if lib == "bdh_cpp" else 12.0},
+                               "stats": {"median": seconds, "min": seconds, "rounds": 5}})
+    data = {"benchmarks": benchmarks, "datetime": "2026-01-01T00:00:00", "version": "5.3.1",
+            "machine_info": {"node": "test", "cpu": {"brand_raw": "a CPU"}, "python_version": "3.11"}}
+    path.write_text(json.dumps(data))
+    return str(path)
+
+
+def test_sweeps_find_the_t_and_n_families(tmp_path):
+    _, rows = report.load(fake_json(tmp_path / "bench.json"))
+    families = report.sweeps(rows)
+    assert {k[2] for k in families} == {"T", "N"}
+    assert {r["shape"] for r in families[("cpu", "float32", "T")]} == set(T_SWEEP)
+    assert {r["shape"] for r in families[("cpu", "float32", "N")]} == set(N_SWEEP)
+
+
+def test_report_prints_goals_and_writes_the_plots(tmp_path, capsys):
+    pytest.importorskip("matplotlib")
+    path = fake_json(tmp_path / "bench.json")
+    assert report.main([path, "--plots", str(tmp_path / "plots")]) == 0
+    out = capsys.readouterr().out
+    assert "speedup over the fastest peer 3.50x" in out and "PASS" in out
+    for name in ("lif_cpu_float32_time_vs_T.png", "lif_cpu_float32_time_vs_N.png"):
+        assert (tmp_path / "plots" / name).stat().st_size > 1000
