@@ -98,7 +98,8 @@ def generation_metrics(model, records_by_task: Mapping[str, Sequence], max_sampl
 
 
 def quick_eval(model, records_by_task: Mapping[str, Sequence], cfg) -> dict:
-    """The trainer's periodic generation eval, flattened: {metric: value, ..., "overall": float|None}.
+    """The trainer's periodic generation eval, flattened: {metric: value, ..., "overall": float} ("overall"
+    left out when no answer could be scored).
 
     Greedy decoding draws no random numbers, so an eval does not change the training run that follows.
     """
@@ -110,7 +111,8 @@ def quick_eval(model, records_by_task: Mapping[str, Sequence], cfg) -> dict:
                                 default_prompt_bytes(cfg.training.max_seq_len, mon.eval_max_new_tokens))
     model.train(was_training)
     flat = {name: m["value"] for name, m in report["metrics"].items()}
-    flat["overall"] = report["overall"]
+    if report["overall"] is not None:  # None (no scored answer) would read as a NaN alert in the log
+        flat["overall"] = report["overall"]
     return flat
 
 

@@ -16,6 +16,10 @@ from pathlib import Path
 from typing import List, Optional, Tuple
 
 from .alerts import CRITICAL, START, Alert, AlertMonitor
+from .metrics import OVERALL_WEIGHTS
+
+# the generation metrics of the trainer's evals (bdh.evaluate.quick_eval), in the order shown
+ANSWER_METRICS = ("overall", *OVERALL_WEIGHTS, "function_name_accuracy")
 
 METRICS_FILE = "metrics.jsonl"
 DEFAULT_LOG_DIR = "runs"
@@ -151,6 +155,7 @@ class RunState:
         self.stages: List[Tuple[int, object, str]] = []  # (first step, stage, stage_name)
         self.last_val: Optional[Tuple[int, float]] = None  # (step, val_loss) of the latest eval
         self.last_val_tasks: dict = {}  # val_loss_<task> of the latest eval that logged them
+        self.last_answers: Optional[Tuple[int, dict]] = None  # (step, generation metrics) of the latest eval
 
     def add(self, rows: List[dict]) -> List[Alert]:
         new = []
@@ -163,6 +168,9 @@ class RunState:
             if isinstance(row.get("val_loss"), (int, float)):
                 self.last_val = (row["step"], row["val_loss"])
                 self.last_val_tasks = {k: v for k, v in row.items() if k.startswith("val_loss_")}
+            answers = {k: row[k] for k in ANSWER_METRICS if k in row}
+            if answers:
+                self.last_answers = (row["step"], answers)
         self.events += new
         return new
 
@@ -234,6 +242,11 @@ def render(state: RunState, path: Path, reader: Optional[MetricsReader] = None, 
     shown.update(k for k in row if k.startswith("val_loss_"))
     if state.last_val_tasks:
         lines.append(f"  {'val':<9}" + "   ".join(f"{k} {_num(v)}" for k, v in sorted(state.last_val_tasks.items())))
+    shown.update(ANSWER_METRICS)
+    if state.last_answers:
+        step, answers = state.last_answers
+        lines.append(f"  {'answers':<9}" + "   ".join(f"{k} {_num(v, '.3g')}" for k, v in answers.items())
+                     + f"   (step {step})")
     group("grads", ["grad_norm", "grad_max", "nan_count", "inf_count"])
     group("neurons", ["firing_rate"] + sorted((k for k in row if k.startswith("firing_rate_layer")),
                                               key=lambda k: int(k[len("firing_rate_layer"):] or 0))

@@ -58,6 +58,7 @@ def test_quick_eval_keeps_the_training_run_unchanged(val_records):
     assert model.training
     assert "overall" in metrics and "function_format_accuracy" in metrics
     assert quick_eval(model, val_records, load_config("tiny", MICRO + ["monitor.eval_samples=0"])) == {}
+    assert "overall" not in quick_eval(model, {"tool_use": []}, cfg)  # nothing scored: no null in the log
 
 
 def test_checkpoint_score_orders_by_overall_then_val_loss():

@@ -238,3 +238,15 @@ def test_bad_option_is_exit_1_not_the_critical_status(capsys):
     with pytest.raises(SystemExit) as exit_:
         main(["--refresh", "0"])
     assert exit_.value.code == EXIT_ERROR
+
+
+def test_once_shows_the_latest_evals_answer_metrics(tmp_path, capsys):
+    rows = healthy_rows(1000, log_every=10, stage_at=600)
+    eval_row = next(r for r in rows if r["step"] == 500)
+    assert "val_loss" in eval_row
+    eval_row.update({"overall": 0.25, "coherence": 0.5, "function_format_accuracy": 0.125})
+    write_metrics(tmp_path / "metrics.jsonl", rows)
+    assert main(["--log-dir", str(tmp_path), "--once"]) == EXIT_OK
+    out = capsys.readouterr().out
+    assert "answers  overall 0.25   coherence 0.5   function_format_accuracy 0.125   (step 500)" in out
+    assert "other" not in out
