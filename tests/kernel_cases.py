@@ -26,3 +26,10 @@ def sliced(x):
     big = torch.zeros((2 * x.shape[0], 2 * x.shape[1] + 1) + x.shape[2:], dtype=x.dtype, device=x.device)
     big[::2, 1::2] = x
     return big[::2, 1::2]
+
+
+def compiled_kernels(*kernels) -> int:
+    """How many specialisations of these Triton kernels are compiled for the current GPU (Triton 3.x keeps
+    them in ``device_caches[device][0]``)."""
+    device = torch.cuda.current_device()
+    return sum(len(k.device_caches[device][0]) for k in kernels)

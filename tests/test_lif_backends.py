@@ -16,7 +16,7 @@ import torch
 import bdh_kernels
 from bdh_kernels import backends, reference
 from bdh_kernels.lif import CHECKPOINT_EVERY
-from kernel_cases import BACKEND_DEVICE, contiguous, rel_err, sliced, transposed
+from kernel_cases import BACKEND_DEVICE, HAS_CUDA, compiled_kernels, contiguous, rel_err, sliced, transposed
 
 # the module, not the function `bdh_kernels.lif` that the package exports under the same name
 lif_module = importlib.import_module("bdh_kernels.lif")
@@ -263,3 +263,18 @@ def test_fp64_backward_is_the_reference_autograd(surrogate, options):
     i_init = make_input((3, 5), torch.float64, seed=15, scale=0.5, shift=0.0) if "tau_syn" in options else None
     check_against_reference("cpp", x, surrogate=surrogate, alpha=alpha, v_init=v_init, i_init=i_init,
                             return_state=True, **options)
+
+
+@pytest.mark.skipif(not HAS_CUDA, reason="Triton compiles only for a GPU (the interpreter keeps no compiled kernels)")
+def test_triton_lif_does_not_recompile_when_t_changes():
+    from bdh_kernels.triton import lif as kernels
+
+    def run(t):
+        x = torch.randn(t, 3, 100, device="cuda", requires_grad=True)
+        bdh_kernels.lif(x, tau_mem=2.0, backend="triton").sum().backward()
+
+    run(7)
+    before = compiled_kernels(kernels._lif_forward_kernel, kernels._lif_backward_kernel)
+    for t in (1, 32, 33, 128, 1000):
+        run(t)
+    assert compiled_kernels(kernels._lif_forward_kernel, kernels._lif_backward_kernel) == before

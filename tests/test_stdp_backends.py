@@ -12,7 +12,7 @@ import torch
 
 import bdh_kernels
 from bdh_kernels import backends, reference
-from kernel_cases import BACKEND_DEVICE, contiguous, rel_err, sliced, transposed
+from kernel_cases import BACKEND_DEVICE, HAS_CUDA, compiled_kernels, contiguous, rel_err, sliced, transposed
 
 stdp_module = importlib.import_module("bdh_kernels.stdp")
 
@@ -164,3 +164,18 @@ def test_stdp_update_on_each_backend(backend):
     ref_dw, ref_state = reference.stdp_update(pre, post, 4.0, 6.0, 0.3, 0.2)
     assert rel_err(dw, ref_dw) <= 1e-5  # fp32 sums in another order (one GEMM vs per-step products)
     assert torch.equal(state.pre, ref_state[0]) and torch.equal(state.post, ref_state[1])
+
+
+@pytest.mark.skipif(not HAS_CUDA, reason="Triton compiles only for a GPU (the interpreter keeps no compiled kernels)")
+def test_triton_traces_do_not_recompile_when_t_changes():
+    from bdh_kernels.triton import stdp as kernels
+
+    def run(t):
+        spikes = (torch.rand(t, 3, 100, device="cuda") < 0.2).float().requires_grad_()
+        bdh_kernels.stdp_traces(spikes, 5.0, backend="triton").sum().backward()
+
+    run(7)
+    before = compiled_kernels(kernels._trace_forward_kernel, kernels._trace_backward_kernel)
+    for t in (1, 32, 33, 128, 1000):
+        run(t)
+    assert compiled_kernels(kernels._trace_forward_kernel, kernels._trace_backward_kernel) == before
