@@ -195,12 +195,19 @@ PEERS = ("spikingjelly", "snntorch_unbind", "norse_lifbox_unbind", "norse_lifcel
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus, config):
-    """Issue 3's goals for the LIF op, as pass / falls-short lines (goals, not assertions)."""
+    """Issue 3's goals for the LIF op, as pass / falls-short lines (goals, not assertions): the GPU ones
+    (benchmarks/report.py's) where GPU cases ran, then the CPU ones."""
     if not RESULTS:
         return
     tr = terminalreporter
     full = is_full(config)
     tr.write_sep("=", "LIF op goals (issue 3)" + ("" if full else ": smoke sizes, NOT the target shape"))
+    from report import gpu_goal_lines  # benchmarks/report.py: the same lines as the report's
+
+    gpu_rows = [{"device": d, "dtype": dt, "mode": m, "shape": s, "library": lib, "median_s": r["median_s"]}
+                for (d, dt, m, s, lib), r in RESULTS.items() if d == "cuda"]
+    for line in gpu_goal_lines(gpu_rows) if full else []:  # smoke shapes are below the goals' 2^22 neurons
+        tr.write_line(line)
     shape = TARGET_SHAPE if full else SMOKE_CPU_SHAPES[0]
     label = "fp32 [%s]" % ",".join(map(str, shape))
 

@@ -156,6 +156,38 @@ def goal_lines(rows):
     return out + [""]
 
 
+GPU_MIN_NEURONS = 2**22  # B*N from which the GPU goals apply
+FWD_BWD_TRAFFIC = 5  # elements per neuron-step fwd+bwd must move: x and out (forward), x, grad_out and grad_x
+FLOOR_TRAFFIC = 8    # elements per neuron-step the 4-clone floor moves: 4 reads and 4 writes
+
+
+def gpu_goal_lines(rows):
+    """Issue 3's GPU goals for the fast backends, forward + backward, on shapes with B*N >= 2^22: at least 80%
+    of the copy bandwidth (5 elements moved per neuron-step at the rate the same run's 4-clone floor moves 8)
+    and at least 1.5x SpikingJelly in the same dtype."""
+    by = {(r["dtype"], r["shape"], r["library"]): r for r in rows if r["device"] == "cuda" and r["mode"] == "fwd+bwd"}
+    cases = sorted({(d, s) for d, s, _ in by if s[1] * s[2] >= GPU_MIN_NEURONS})
+    out = []
+    for dtype, shape in cases:
+        floor, sj = by.get((dtype, shape, "floor_4_clones")), by.get((dtype, shape, "spikingjelly"))
+        for lib in ("bdh_triton", "bdh_cuda"):
+            fast = by.get((dtype, shape, lib))
+            if fast is None:
+                continue
+            label = f"{lib} fwd+bwd {dtype} {_shape(shape)} {fast['median_s'] * 1e3:.2f} ms"
+            if floor:
+                share = FWD_BWD_TRAFFIC / FLOOR_TRAFFIC * floor["median_s"] / fast["median_s"]
+                out.append(f"- {'PASS' if share >= 0.8 else 'FALLS SHORT'}: {label} reaches {share:.0%} of the copy "
+                           f"bandwidth (4 clones: {floor['median_s'] * 1e3:.2f} ms); goal >= 80%")
+            if sj:
+                speedup = sj["median_s"] / fast["median_s"]
+                out.append(f"- {'PASS' if speedup >= 1.5 else 'FALLS SHORT'}: {label} is {speedup:.2f}x SpikingJelly "
+                           f"({sj['median_s'] * 1e3:.2f} ms); goal >= 1.5x")
+    if out:
+        out = ["## GPU goals of issue 3 (fast backends, forward + backward, B*N >= 2^22)", ""] + out + [""]
+    return out
+
+
 def plots(rows, folder):
     try:
         import matplotlib
@@ -249,7 +281,7 @@ def main(argv=None):
     if not rows:
         print(f"no LIF benchmark in {args.json}", file=sys.stderr)
         return 1
-    print("\n".join(header_lines(data, rows) + [""] + goal_lines(rows) + tables(rows)))
+    print("\n".join(header_lines(data, rows) + [""] + goal_lines(rows) + gpu_goal_lines(rows) + tables(rows)))
     if args.plots:
         for path in plots(rows, args.plots):
             print(f"<!-- plot written: {path} -->")

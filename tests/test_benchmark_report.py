@@ -46,3 +46,17 @@ def test_report_prints_goals_and_writes_the_plots(tmp_path, capsys):
     assert "speedup over the fastest peer 3.50x" in out and "PASS" in out
     for name in ("lif_cpu_float32_time_vs_T.png", "lif_cpu_float32_time_vs_N.png"):
         assert (tmp_path / "plots" / name).stat().st_size > 1000
+
+
+def test_gpu_goal_lines_use_the_same_runs_floor_and_spikingjelly():
+    shape = (128, 32, 131072)  # B*N = 2^22
+    def row(lib, ms):
+        return {"device": "cuda", "dtype": "bfloat16", "mode": "fwd+bwd", "shape": shape, "library": lib,
+                "median_s": ms / 1e3, "min_s": ms / 1e3, "rounds": 5, "saved": None, "full": True}
+    rows = [row("floor_4_clones", 8.0), row("bdh_triton", 6.0), row("bdh_cuda", 4.0), row("spikingjelly", 8.0)]
+    lines = "\n".join(report.gpu_goal_lines(rows))
+    assert "PASS: bdh_triton fwd+bwd bfloat16 [128, 32, 131072] 6.00 ms reaches 83% of the copy bandwidth" in lines
+    assert "FALLS SHORT: bdh_triton fwd+bwd bfloat16 [128, 32, 131072] 6.00 ms is 1.33x SpikingJelly" in lines
+    assert "PASS: bdh_cuda fwd+bwd bfloat16 [128, 32, 131072] 4.00 ms reaches 125%" in lines
+    small = [dict(r, shape=(128, 8, 4096)) for r in rows]
+    assert report.gpu_goal_lines(small) == []  # below 2^22 neurons the goals do not apply
