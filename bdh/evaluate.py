@@ -32,9 +32,9 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from bdh.checkpoint import CheckpointError, load_model, resolve_device
-from bdh.data import EOS, IGNORE_INDEX, TASKS, collate, load_splits
+from bdh.data import IGNORE_INDEX, TASKS, collate, load_splits
 from bdh.data.records import write_atomic
-from bdh.generate import generate_batch
+from bdh.generate import decode_answer, generate_batch
 from bdh.metrics import evaluate_outputs, prompts_to_answer
 
 
@@ -83,7 +83,7 @@ def greedy_answers(model, prompts: Sequence[str], max_new_tokens: int, prompt_by
             chunk = unique[i:i + batch_size]
             new = generate_batch(model, [p.encode()[-prompt_bytes:] for p in chunk], max_new_tokens)
             for prompt, ids in zip(chunk, new):
-                answers[prompt] = bytes(b for b in ids if b != EOS).decode("utf-8", errors="replace")
+                answers[prompt] = decode_answer(ids)
             bar.update(len(chunk))
     return answers
 

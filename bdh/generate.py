@@ -36,11 +36,6 @@ def next_bytes(logits: torch.Tensor, temperature: float, top_k: Optional[int], g
     return torch.multinomial(torch.softmax(logits, -1), 1, generator=generator)[:, 0]
 
 
-def next_byte(logits: torch.Tensor, temperature: float, top_k: Optional[int], generator) -> int:
-    """One byte id from the [256] logits of the last position."""
-    return int(next_bytes(logits[None], temperature, top_k, generator)[0])
-
-
 def sampling_generator(device, temperature: float, seed: Optional[int]):
     """The torch.Generator that sampling draws from (None for greedy decoding, which draws nothing)."""
     if temperature == 0:
@@ -63,6 +58,31 @@ def check_sampling(max_new_tokens: int, temperature: float, top_k: Optional[int]
 
 
 @torch.no_grad()
+def decode_steps(model, prompts: Sequence[bytes], max_new_tokens: int, temperature: float, top_k: Optional[int],
+                 seed: Optional[int]) -> Iterator[List[int]]:
+    """The decoding loop: each step's new byte id for every prompt, until all have written EOS or
+    max_new_tokens steps have passed (after a text's EOS its row goes on with bytes nobody reads).
+
+    Each prompt is run alone (its own length, no padding), their States are stacked
+    (:func:`bdh.model.stack_states`), and then the batch takes one forward per step.
+    """
+    model.eval()
+    device = next(model.parameters()).device
+    generator = sampling_generator(device, temperature, seed)
+    outs = [model(torch.tensor([list(p)], device=device), return_state=True) for p in prompts]
+    logits, state = torch.cat([o.logits[:, -1] for o in outs]), stack_states([o.state for o in outs])
+    done = [False] * len(prompts)
+    for step in range(max_new_tokens):
+        chosen = next_bytes(logits, temperature, top_k, generator)
+        ids = chosen.tolist()
+        yield ids
+        done = [d or byte == EOS for d, byte in zip(done, ids)]
+        if all(done) or step == max_new_tokens - 1:
+            return
+        out = model(chosen[:, None], state=state, return_state=True)
+        logits, state = out.logits[:, -1], out.state
+
+
 def generate_bytes(model, prompt: bytes, max_new_tokens: int = 256, temperature: float = 0.0,
                    top_k: Optional[int] = None, seed: Optional[int] = None) -> Iterator[int]:
     """Yield the new byte ids one at a time (the EOS byte last, if the model writes it).
@@ -72,56 +92,35 @@ def generate_bytes(model, prompt: bytes, max_new_tokens: int = 256, temperature:
     check_sampling(max_new_tokens, temperature, top_k)
     if not prompt:
         raise ValueError("prompt is empty: the model needs at least one byte to condition on")
-    model.eval()
-    device = next(model.parameters()).device
-    generator = sampling_generator(device, temperature, seed)
-    out = model(torch.tensor([list(prompt)], device=device), return_state=True)
-    for _ in range(max_new_tokens):
-        byte = next_byte(out.logits[0, -1], temperature, top_k, generator)
-        yield byte
-        if byte == EOS:
-            return
-        out = model(torch.tensor([[byte]], device=device), state=out.state, return_state=True)
+    for ids in decode_steps(model, [prompt], max_new_tokens, temperature, top_k, seed):
+        yield ids[0]
 
 
-@torch.no_grad()
 def generate_batch(model, prompts: Sequence[bytes], max_new_tokens: int = 256, temperature: float = 0.0,
                    top_k: Optional[int] = None, seed: Optional[int] = None) -> List[List[int]]:
-    """The new byte ids for each prompt (the EOS byte last, where written), decoded together.
-
-    Each prompt is run alone (its own length, no padding), their States are stacked
-    (:func:`bdh.model.stack_states`), and the batch then takes one byte per step until every text has
-    written EOS or max_new_tokens bytes: greedy answers equal :func:`generate_bytes`' for each prompt.
-    """
+    """The new byte ids for each prompt (the EOS byte last, where written), decoded together
+    (:func:`decode_steps`): greedy answers equal :func:`generate_bytes`' for each prompt."""
     check_sampling(max_new_tokens, temperature, top_k)
     for n, prompt in enumerate(prompts):
         if not prompt:
             raise ValueError(f"prompts[{n}] is empty: the model needs at least one byte to condition on")
-    if not prompts:
-        return []
-    model.eval()
-    device = next(model.parameters()).device
-    generator = sampling_generator(device, temperature, seed)
-    outs = [model(torch.tensor([list(p)], device=device), return_state=True) for p in prompts]
-    logits, state = torch.cat([o.logits[:, -1] for o in outs]), stack_states([o.state for o in outs])
-    new, done = [[] for _ in prompts], [False] * len(prompts)
-    for _ in range(max_new_tokens):
-        chosen = next_bytes(logits, temperature, top_k, generator)
-        for row, byte in enumerate(chosen.tolist()):
-            if not done[row]:
-                new[row].append(byte)
-                done[row] = byte == EOS
-        if all(done):
-            break
-        out = model(chosen[:, None], state=state, return_state=True)
-        logits, state = out.logits[:, -1], out.state
+    new = [[] for _ in prompts]
+    if prompts:
+        for ids in decode_steps(model, prompts, max_new_tokens, temperature, top_k, seed):
+            for row, byte in zip(new, ids):
+                if not row or row[-1] != EOS:
+                    row.append(byte)
     return new
 
 
+def decode_answer(ids) -> str:
+    """Byte ids a model wrote as text: UTF-8, the EOS byte dropped, invalid bytes replaced."""
+    return bytes(b for b in ids if b != EOS).decode("utf-8", errors="replace")
+
+
 def generate_text(model, prompt: str, **kwargs) -> str:
-    """The text the model writes after ``prompt`` (UTF-8; EOS dropped, invalid bytes replaced)."""
-    new = bytes(b for b in generate_bytes(model, prompt.encode(), **kwargs) if b != EOS)
-    return new.decode("utf-8", errors="replace")
+    """The text the model writes after ``prompt`` (see :func:`decode_answer`)."""
+    return decode_answer(generate_bytes(model, prompt.encode(), **kwargs))
 
 
 def parse_args(argv=None):

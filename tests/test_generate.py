@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from bdh.data import EOS
-from bdh.generate import generate_batch, generate_bytes, generate_text, main, next_byte
+from bdh.generate import generate_batch, generate_bytes, generate_text, main, next_bytes
 from bdh.model import LayerState, Output, State
 
 from train_cases import small_model
@@ -91,9 +91,9 @@ def test_seeded_sampling_is_reproducible_and_top_k_1_is_greedy():
 
 
 def test_top_k_samples_only_the_k_likeliest():
-    logits = torch.arange(256, dtype=torch.float32)
+    logits = torch.arange(256, dtype=torch.float32).expand(200, 256)  # 200 texts, the same logits
     gen = torch.Generator().manual_seed(0)
-    drawn = {next_byte(logits, 5.0, 3, gen) for _ in range(200)}
+    drawn = set(next_bytes(logits, 5.0, 3, gen).tolist())
     assert drawn == {253, 254, 255}
 
 
