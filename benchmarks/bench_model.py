@@ -20,7 +20,6 @@ tier_gpu            per tier on a GPU: one step with the micro-batch the trainer
 ``test_model_goals`` prints issue 8's model goals; ``python benchmarks/bench_model.py bench.json`` prints the
 Markdown tables of a JSON written with ``--benchmark-json``.
 """
-import json
 import sys
 import time
 
@@ -33,6 +32,7 @@ from bdh.evaluate import token_losses
 from bdh.model import Hatching
 from bdh.train import choose_micro_batch, predict_peak_bytes, resolve_dtype
 from bdh_kernels.cpu import flush_denormal
+from goals import load_cases, print_goals, verdict
 
 SMOKE_MODEL = ["model.n_layer=2", "model.n_embd=32", "model.n_head=2", "model.mlp_internal_dim_multiplier=4",
                "training.batch_size=4", "training.max_seq_len=32"]
@@ -189,9 +189,6 @@ def test_tier_gpu(benchmark, full, tier):
 # -------------------------------------------------------------------------------------------- goals
 def goal_lines(results, full):
     """Issue 8's model goals (and issue 7's flat generation cost), as pass / falls-short lines."""
-    def verdict(ok):
-        return ("PASS" if ok else "FALLS SHORT") if full else "SMOKE, NOT JUDGED"
-
     lines = []
     bdh, ref = results.get(("train_step", "bdh")), results.get(("train_step", "reference"))
     if bdh and ref:
@@ -201,7 +198,7 @@ def goal_lines(results, full):
     short, long_ = results.get(("generate", 0)), results.get(("generate", 1))
     if short and long_:
         r = long_["per_byte_s"] / short["per_byte_s"]
-        lines.append(f"{verdict(r <= 1.25)}: generation per new byte {short['per_byte_s'] * 1e3:.2f} ms at context "
+        lines.append(f"{verdict(r <= 1.25, full)}: generation per new byte {short['per_byte_s'] * 1e3:.2f} ms at context "
                      f"{short['context']}, {long_['per_byte_s'] * 1e3:.2f} ms at {long_['context']}: ratio {r:.2f}; "
                      "goal <= 1.25 (flat)")
         rec = results.get(("recompute", 1))
@@ -210,29 +207,25 @@ def goal_lines(results, full):
                          f"per byte ({rec['median_s'] / long_['per_byte_s']:.0f}x)")
     medium = results.get(("tier", "medium"))
     if medium:
-        lines.append(f"{verdict(medium['peak_bytes'] <= 16 * 2**30)}: medium tier step peak "
+        lines.append(f"{verdict(medium['peak_bytes'] <= 16 * 2**30, full)}: medium tier step peak "
                      f"{medium['peak_bytes'] / 2**30:.2f} GiB (micro-batch {medium['micro_batch']}); goal <= 16 GiB")
     for tier in TIERS:
         t = results.get(("tier", tier))
         if t:
-            lines.append(f"{verdict(t['kernel_share'] <= 0.15)}: {tier} tier on {t['device']}: bdh:: ops take "
+            lines.append(f"{verdict(t['kernel_share'] <= 0.15, full)}: {tier} tier on {t['device']}: bdh:: ops take "
                          f"{t['kernel_share']:.1%} of the step; goal <= 15%")
     return lines
 
 
 def test_model_goals(full, capsys):
     """Prints the goal lines of the cases measured above in this run."""
-    lines = goal_lines(RESULTS, full) or ["no model case measured in this run"]
-    with capsys.disabled():
-        print("\n[model goals (issues 7, 8)" + ("" if full else ": smoke sizes") + "]\n" + "\n".join(lines))
+    print_goals(capsys, "model goals (issues 7, 8)", goal_lines(RESULTS, full), full, "no model case measured in this run")
 
 
 # --------------------------------------------------------------------------------------------- report
 def markdown(path):
     """The Markdown tables of the model cases in a pytest-benchmark JSON."""
-    with open(path) as f:
-        data = json.load(f)
-    cases = [(b["extra_info"], b["stats"]) for b in data.get("benchmarks", []) if "model_case" in b.get("extra_info", {})]
+    cases = load_cases(path, "model_case")
     if not cases:
         return f"no model benchmark in {path}"
     results = {}

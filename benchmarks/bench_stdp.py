@@ -27,7 +27,6 @@ largest amount of tensor memory allocated during one call, from the torch profil
 ``test_stdp_goals`` prints issue 5's goal lines; ``python benchmarks/bench_stdp.py bench.json`` prints the
 Markdown table of a JSON written with ``--benchmark-json``.
 """
-import json
 import sys
 
 import pytest
@@ -37,6 +36,7 @@ import bdh_kernels
 import bdh_kernels.stdp as stdp_module
 from bdh_kernels import backends as bdh_backends
 from bdh_kernels import reference
+from goals import load_cases, print_goals, verdict
 
 INSTALL = "pip install --no-deps -r requirements-peers.txt"
 TAU_PRE = TAU_POST = 20.0
@@ -220,42 +220,35 @@ def test_stdp_gpu(benchmark, full, lib):
 
 def goal_lines(results, full):
     """Issue 5's goals, as pass / falls-short lines (goals, not assertions)."""
-    def verdict(ok):
-        return ("PASS" if ok else "FALLS SHORT") if full else "SMOKE, NOT JUDGED"
-
     lines = []
     get = results.get
     cpp, floor, sj = get(("cpu", "bdh_cpp")), get(("cpu", "floor")), get(("cpu", "spikingjelly"))
     if cpp and sj:
         x = sj["median_s"] / cpp["median_s"]
-        lines.append(f"{verdict(x >= 100)}: cpu stdp_update {cpp['median_s'] * 1e3:.1f} ms is {x:.0f}x faster than "
+        lines.append(f"{verdict(x >= 100, full)}: cpu stdp_update {cpp['median_s'] * 1e3:.1f} ms is {x:.0f}x faster than "
                      f"SpikingJelly's per-step loop ({sj['median_s'] * 1e3:.0f} ms); goal >= 100x")
     if cpp and floor:
         r = cpp["median_s"] / floor["median_s"]
-        lines.append(f"{verdict(r <= 1.2)}: cpu stdp_update takes {r:.2f}x the floor (2 GEMMs + 2 scans, "
+        lines.append(f"{verdict(r <= 1.2, full)}: cpu stdp_update takes {r:.2f}x the floor (2 GEMMs + 2 scans, "
                      f"{floor['median_s'] * 1e3:.1f} ms); goal <= 1.2x")
     for backend in ("triton", "cuda"):
         gpu, gfloor = get(("cuda", f"bdh_{backend}")), get(("cuda", "floor"))
         if gpu and gfloor:
             r = gpu["median_s"] / gfloor["median_s"]
-            lines.append(f"{verdict(r <= 1.3)}: gpu stdp_update ({backend}) takes {r:.2f}x the floor (cuBLAS "
+            lines.append(f"{verdict(r <= 1.3, full)}: gpu stdp_update ({backend}) takes {r:.2f}x the floor (cuBLAS "
                          f"GEMMs + scans, {gfloor['median_s'] * 1e3:.2f} ms); goal <= 1.3x")
     return lines
 
 
 def test_stdp_goals(full, capsys):
     """Prints the goal lines of the cases measured above in this run."""
-    lines = goal_lines(RESULTS, full) or ["no STDP case measured in this run"]
-    with capsys.disabled():
-        print("\n[stdp goals (issue 5)" + ("" if full else ": smoke sizes") + "]\n" + "\n".join(lines))
+    print_goals(capsys, "stdp goals (issue 5)", goal_lines(RESULTS, full), full, "no STDP case measured in this run")
 
 
 # --------------------------------------------------------------------------------------------- report
 def markdown(path):
     """The Markdown table of the STDP cases in a pytest-benchmark JSON."""
-    with open(path) as f:
-        data = json.load(f)
-    rows = [(b["extra_info"], b["stats"]) for b in data.get("benchmarks", []) if "stdp_library" in b.get("extra_info", {})]
+    rows = load_cases(path, "stdp_library")
     if not rows:
         return f"no STDP benchmark in {path}"
     results = {(i["device"], i["stdp_library"]): {"median_s": s["median"], "peak_bytes": i["peak_bytes"]}

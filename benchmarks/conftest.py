@@ -202,6 +202,7 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
     tr = terminalreporter
     full = is_full(config)
     tr.write_sep("=", "LIF op goals (issue 3)" + ("" if full else ": smoke sizes, NOT the target shape"))
+    from goals import verdict
     from report import gpu_goal_lines  # benchmarks/report.py: the same lines as the report's
 
     gpu_rows = [{"device": d, "dtype": dt, "mode": m, "shape": s, "library": lib, "median_s": r["median_s"]}
@@ -220,26 +221,21 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
         tr.write_line(f"cpp fwd+bwd {label}: not measured (cpp backend unavailable or deselected)")
         return
 
-    def verdict(ok):
-        if not full:
-            return "SMOKE, NOT JUDGED"
-        return "PASS" if ok else "FALLS SHORT"
-
     if peers:
         best = min(peers, key=lambda p: peers[p]["median_s"])
         speedup = peers[best]["median_s"] / cpp["median_s"]
-        tr.write_line(f"{verdict(speedup >= 3.0)}: cpp fwd+bwd {label} {cpp['median_s'] * 1e3:.2f} ms vs the fastest "
+        tr.write_line(f"{verdict(speedup >= 3.0, full)}: cpp fwd+bwd {label} {cpp['median_s'] * 1e3:.2f} ms vs the fastest "
                       f"peer ({best}) {peers[best]['median_s'] * 1e3:.2f} ms: speedup {speedup:.2f}x; goal >= 3x")
     else:
         tr.write_line(f"NOT MEASURED: no peer library installed for cpp vs fastest peer ({label}); "
                       "pip install --no-deps -r requirements-peers.txt")
     if floor is not None:
         ratio = cpp["median_s"] / floor["median_s"]
-        tr.write_line(f"{verdict(ratio <= 1.0)}: cpp fwd+bwd {label} takes {ratio:.2f}x the four-clone floor "
+        tr.write_line(f"{verdict(ratio <= 1.0, full)}: cpp fwd+bwd {label} takes {ratio:.2f}x the four-clone floor "
                       f"({floor['median_s'] * 1e3:.2f} ms); goal <= 1.0x")
     saved = cpp["saved_bytes"]
     if saved is not None:
-        tr.write_line(f"{verdict(saved <= 1.0)}: cpp saves {saved:.3f} bytes per neuron-step for backward "
+        tr.write_line(f"{verdict(saved <= 1.0, full)}: cpp saves {saved:.3f} bytes per neuron-step for backward "
                       "(besides the input); goal <= 1")
     if not full:
         tr.write_line("(smoke run: timings on tiny sizes mean nothing; use --benchmark for the goal check)")

@@ -216,13 +216,18 @@ def plots(rows, folder):
         ax.set_yscale("log")
         ax.set_ylabel("median ms (log)")
         ax.set_title(f"LIF {device} {dtype} {mode}")
-        ax.legend(fontsize=7, ncol=2)
-        fig.tight_layout()
-        path = os.path.join(folder, f"lif_{device}_{dtype}_{mode.replace('+', '_')}.png")
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
-        written.append(path)
+        written.append(_save(plt, fig, ax, folder, f"lif_{device}_{dtype}_{mode.replace('+', '_')}.png"))
     return written + sweep_plots(rows, folder, plt)
+
+
+def _save(plt, fig, ax, folder, name):
+    """Legend, layout, PNG; returns the path written."""
+    ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    path = os.path.join(folder, name)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
 
 
 def sweeps(rows):
@@ -263,12 +268,7 @@ def sweep_plots(rows, folder, plt):
         ax.set_xlabel(fixed[index])
         ax.set_ylabel("median ms (log)")
         ax.set_title(f"LIF fwd+bwd {device} {dtype}: time vs {axis} ({held})")
-        ax.legend(fontsize=7, ncol=2)
-        fig.tight_layout()
-        path = os.path.join(folder, f"lif_{device}_{dtype}_time_vs_{axis}.png")
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
-        written.append(path)
+        written.append(_save(plt, fig, ax, folder, f"lif_{device}_{dtype}_time_vs_{axis}.png"))
     return written
 
 
