@@ -238,25 +238,51 @@ def test_double_backward_is_a_clear_error(backend):
         grad.sum().backward()
 
 
-@needs_cpp
-def test_generic_cpu_kernels_match_too():
-    """The cpp kernels are compiled for AVX2 and for plain x86-64 and picked by the CPU; the backend
-    tests run whichever this machine picks, so the other one is checked here in a fresh process."""
+ISA_SCRIPT = """
+import hashlib, torch, bdh_kernels
+x = (torch.randn(70, 3, 67, generator=torch.Generator().manual_seed(0)) * 2 + 0.5).requires_grad_()
+digest = hashlib.sha256()
+for surrogate in ('sigmoid', 'atan', 'fast_sigmoid', 'piecewise_quadratic', 'erf'):
+    for tau_syn, v_reset in ((None, 0.0), (2.0, None)):
+        results = []
+        for backend in ('cpp', 'reference'):
+            out, st = bdh_kernels.lif(x, backend=backend, tau_syn=tau_syn, v_reset=v_reset, surrogate=surrogate,
+                                      return_state=True)
+            results.append((out, torch.autograd.grad((out * 1.5).sum() + st.v.sum(), x)[0]))
+        (o1, g1), (o2, g2) = results
+        assert torch.equal(o1, o2), f'spikes differ from the reference ({surrogate})'
+        assert ((g1 - g2).norm() / g2.norm()).item() < 1e-5, f'gradients differ from the reference ({surrogate})'
+        digest.update(o1.detach().numpy().tobytes() + g1.numpy().tobytes())
+print(digest.hexdigest())
+"""
+
+
+def run_with_isa(isa, script):
     import os
     import subprocess
     import sys
 
-    script = (
-        "import torch, bdh_kernels\n"
-        "x = (torch.randn(70, 3, 67, generator=torch.Generator().manual_seed(0)) * 2 + 0.5).requires_grad_()\n"
-        "grads = []\n"
-        "for backend in ('cpp', 'reference'):\n"
-        "    out, st = bdh_kernels.lif(x, backend=backend, tau_syn=2.0, surrogate='erf', return_state=True)\n"
-        "    grads.append((out, torch.autograd.grad((out * 1.5).sum() + st.v.sum(), x)[0]))\n"
-        "(o1, g1), (o2, g2) = grads\n"
-        "assert torch.equal(o1, o2), 'spikes differ'\n"
-        "assert ((g1 - g2).norm() / g2.norm()).item() < 1e-5, 'gradients differ'\n"
-    )
-    env = dict(os.environ, BDH_KERNELS_NO_AVX2="1")
-    result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True)
-    assert result.returncode == 0, result.stderr
+    env = dict(os.environ, BDH_KERNELS_CPU_ISA=isa)
+    return subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True)
+
+
+@needs_cpp
+def test_every_cpu_instruction_set_gives_the_same_bits():
+    """The cpp kernels are compiled for plain x86-64, AVX2 and AVX-512 and the widest the CPU has is
+    picked; BDH_KERNELS_CPU_ISA caps it. The backend tests run the machine's pick, so each cap is checked
+    here in a fresh process: the same spikes as the reference, and the same bits from every instruction set
+    (a cap above what the CPU has falls back to the widest it has)."""
+    digests = {}
+    for isa in ("generic", "avx2", "avx512"):
+        result = run_with_isa(isa, ISA_SCRIPT)
+        assert result.returncode == 0, result.stderr
+        digests[isa] = result.stdout.strip()
+    assert len(set(digests.values())) == 1, digests
+
+
+@needs_cpp
+def test_unknown_cpu_instruction_set_is_a_clear_error():
+    script = "import torch, bdh_kernels; bdh_kernels.lif(torch.ones(4, 3), backend='cpp')"
+    result = run_with_isa("avx9000", script)
+    assert result.returncode != 0
+    assert "BDH_KERNELS_CPU_ISA must be generic, avx2 or avx512, got 'avx9000'" in result.stderr
