@@ -8,7 +8,8 @@ fp32 T=64, B=32, Nin=Nout=1024 (issue 5); GPU fp32 T=64, B=32, Nin=Nout=4096. Sm
 floor                       two bare GEMMs of the update's size (``torch.mm(post^T, trace_pre)``,
                             ``torch.mm(trace_post^T, pre)`` on ``[T*B, N]`` rows) plus the two trace scans
                             (the compiled scan op called directly: cpp on CPU, triton on GPU). The least
-                            work the update can do: ``stdp_update`` should be within 1.2x of it (CPU).
+                            work a GEMM-based update does: ``stdp_update`` should be within 1.2x of it (on
+                            CPU its spike-driven products, ``spike_matmul``, do less).
 two_gemms                   the two GEMMs alone (the floor without the scans)
 bdh_cpp / bdh_triton /      ``bdh_kernels.stdp_update(pre, post, ..., backend=...)``
 bdh_cuda

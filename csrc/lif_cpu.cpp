@@ -7,82 +7,22 @@
 // checkpoint, recomputes the segment's membranes h_t into a 32 x kBlock buffer (8 KiB in fp32), then runs
 // the reverse sweep over it. So the op saves only the checkpoints, and the input is read twice in
 // backward, the second time from cache.
-#include <cstdlib>
-#include <cstring>
-
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include "cpu_isa.h"
 #include "cpu_windows.h"
 #include "lif_common.h"
 
 namespace bdh {
 namespace {
 
-// The window kernels, compiled three times: for any x86-64 (SSE2), for AVX2 and for AVX-512, the widest
-// the CPU has chosen at run time. All perform the same IEEE operations (no FMA in any), so they give
-// bit-identical results. BDH_KERNELS_CPU_ISA=generic|avx2|avx512 caps the choice (the tests run each).
-namespace generic {
-#include "lif_cpu_kernels.h"
-}  // namespace generic
-
-enum class Isa { kGeneric, kAvx2, kAvx512 };
-
-Isa isa_cap() {
-  const char* env = std::getenv("BDH_KERNELS_CPU_ISA");
-  if (env == nullptr || std::strcmp(env, "avx512") == 0) return Isa::kAvx512;
-  if (std::strcmp(env, "avx2") == 0) return Isa::kAvx2;
-  TORCH_CHECK(std::strcmp(env, "generic") == 0, "BDH_KERNELS_CPU_ISA must be generic, avx2 or avx512, got '",
-              env, "'");
-  return Isa::kGeneric;
-}
-
-#if defined(__x86_64__) && defined(__GNUC__)
-#pragma GCC push_options
-#pragma GCC target("avx2")
-namespace avx2 {
-#include "lif_cpu_kernels.h"
-}  // namespace avx2
-#pragma GCC pop_options
-// 512-bit vectors: a 64-neuron window is 4 of them in fp32; about 10% off the AVX2 backward, which
-// evaluates the surrogate's exp and division in every step.
-#pragma GCC push_options
-#pragma GCC target("avx512f,avx512bw,avx512dq,avx512vl,prefer-vector-width=512")
-namespace avx512 {
-#include "lif_cpu_kernels.h"
-}  // namespace avx512
-#pragma GCC pop_options
-
-Isa cpu_isa() {
-  static const Isa isa = [] {
-    const Isa cap = isa_cap();
-    const bool avx512 = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-                        __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vl");
-    if (avx512 && cap == Isa::kAvx512) return Isa::kAvx512;
-    return __builtin_cpu_supports("avx2") && cap != Isa::kGeneric ? Isa::kAvx2 : Isa::kGeneric;
-  }();
-  return isa;
-}
-#else
-namespace avx2 = generic;
-namespace avx512 = generic;
-Isa cpu_isa() {
-  isa_cap();  // still rejects a misspelt value
-  return Isa::kGeneric;
-}
-#endif
-
-// Of a kernel's three instantiations, the one for this CPU's instruction set.
-template <typename Fn>
-Fn for_this_cpu(Fn generic_kernel, Fn avx2_kernel, Fn avx512_kernel) {
-  switch (cpu_isa()) {
-    case Isa::kAvx512: return avx512_kernel;
-    case Isa::kAvx2: return avx2_kernel;
-    default: return generic_kernel;
-  }
-}
+// The window kernels, compiled for SSE2, AVX2 and AVX-512 (cpu_isa.h). AVX-512 takes about 10% off the
+// AVX2 backward, which evaluates the surrogate's exp and division in every step.
+#define BDH_CPU_KERNELS "lif_cpu_kernels.h"
+#include "cpu_isa_instantiate.h"
 
 template <typename scalar_t, typename T, bool kUnitStride>
 decltype(&generic::forward_window<scalar_t, T, kUnitStride>) forward_for() {

@@ -1,5 +1,5 @@
 // The LIF window kernels of lif_cpu.cpp. Deliberately without include guard or includes: lif_cpu.cpp
-// includes this file twice, into two namespaces, to compile the kernels for two instruction sets.
+// compiles this file three times, for three instruction sets (cpu_isa_instantiate.h).
 // Needs cpu_windows.h and lif_common.h included before.
 
 // A window reads only nb neurons (a few cache lines) of each time step, and consecutive steps are a whole

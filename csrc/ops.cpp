@@ -46,6 +46,7 @@ TORCH_LIBRARY(bdh, m) {
       "bool gated, int surrogate, float alpha, bool detach_reset) -> (Tensor, Tensor, Tensor)");
   m.def("stdp_trace_forward(Tensor spikes, Tensor? trace_init, float tau) -> (Tensor, Tensor)");
   m.def("stdp_trace_backward(Tensor grad_traces, Tensor? grad_final, float tau) -> (Tensor, Tensor)");
+  m.def("spike_matmul(Tensor(a!) out, Tensor spikes, Tensor dense, float alpha, bool transposed, bool accumulate) -> ()");
   m.def("built_with_cuda() -> bool", &built_with_cuda);
   m.def("flush_denormal(bool on) -> bool", &flush_denormal);
 }

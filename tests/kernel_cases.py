@@ -1,4 +1,8 @@
 """Helpers shared by the backend-vs-reference tests of every op family."""
+import os
+import subprocess
+import sys
+
 import torch
 
 HAS_CUDA = torch.cuda.is_available()
@@ -33,3 +37,22 @@ def compiled_kernels(*kernels) -> int:
     them in ``device_caches[device][0]``)."""
     device = torch.cuda.current_device()
     return sum(len(k.device_caches[device][0]) for k in kernels)
+
+
+def run_with_isa(isa: str, script: str) -> subprocess.CompletedProcess:
+    """Runs ``python -c script`` with the cpp kernels capped at instruction set ``isa``
+    (``BDH_KERNELS_CPU_ISA``: the choice is made once per process)."""
+    env = dict(os.environ, BDH_KERNELS_CPU_ISA=isa)
+    return subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True)
+
+
+def same_output_on_every_isa(script: str) -> str:
+    """Runs ``script`` (which prints a digest of its results) capped at each instruction set; asserts
+    that it succeeds and prints the same digest under each, and returns that digest."""
+    digests = {}
+    for isa in ("generic", "avx2", "avx512"):
+        result = run_with_isa(isa, script)
+        assert result.returncode == 0, f"{isa}: {result.stderr}"
+        digests[isa] = result.stdout.strip()
+    assert len(set(digests.values())) == 1, digests
+    return digests["generic"]

@@ -7,6 +7,7 @@ import torch
 
 import bdh_kernels
 from bdh_kernels import backends
+from kernel_cases import run_with_isa, same_output_on_every_isa
 
 lif_module = importlib.import_module("bdh_kernels.lif")
 HAS_CPP = backends.extension_error() is None
@@ -257,27 +258,13 @@ print(digest.hexdigest())
 """
 
 
-def run_with_isa(isa, script):
-    import os
-    import subprocess
-    import sys
-
-    env = dict(os.environ, BDH_KERNELS_CPU_ISA=isa)
-    return subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True)
-
-
 @needs_cpp
 def test_every_cpu_instruction_set_gives_the_same_bits():
     """The cpp kernels are compiled for plain x86-64, AVX2 and AVX-512 and the widest the CPU has is
     picked; BDH_KERNELS_CPU_ISA caps it. The backend tests run the machine's pick, so each cap is checked
     here in a fresh process: the same spikes as the reference, and the same bits from every instruction set
     (a cap above what the CPU has falls back to the widest it has)."""
-    digests = {}
-    for isa in ("generic", "avx2", "avx512"):
-        result = run_with_isa(isa, ISA_SCRIPT)
-        assert result.returncode == 0, result.stderr
-        digests[isa] = result.stdout.strip()
-    assert len(set(digests.values())) == 1, digests
+    same_output_on_every_isa(ISA_SCRIPT)
 
 
 @needs_cpp

@@ -12,7 +12,8 @@ import torch
 
 import bdh_kernels
 from bdh_kernels import backends, reference
-from kernel_cases import BACKEND_DEVICE, HAS_CUDA, compiled_kernels, contiguous, rel_err, sliced, transposed
+from kernel_cases import (BACKEND_DEVICE, HAS_CUDA, compiled_kernels, contiguous, rel_err, same_output_on_every_isa,
+                          sliced, transposed)
 
 stdp_module = importlib.import_module("bdh_kernels.stdp")
 
@@ -179,3 +180,115 @@ def test_triton_traces_do_not_recompile_when_t_changes():
     for t in (1, 32, 33, 128, 1000):
         run(t)
     assert compiled_kernels(kernels._trace_forward_kernel, kernels._trace_backward_kernel) == before
+
+
+# ----------------------------------------------------------------------------- spike_matmul (cpp, fp32)
+needs_cpp = pytest.mark.skipif(backends.extension_error() is not None,
+                               reason=f"cpp backend: {backends.extension_error()}")
+SPIKE_MATMUL_SHAPES = [(1, 1, 1), (129, 65, 63), (300, 37, 130), (257, 20, 64), (0, 5, 7), (50, 0, 3), (50, 4, 0)]
+
+
+def spike_matmul_expected(out, spikes, dense, alpha, transposed, accumulate):
+    product = alpha * (spikes.double().t() @ dense.double())
+    product = product.t() if transposed else product
+    return product + out.double() if accumulate else product
+
+
+@needs_cpp
+@pytest.mark.parametrize("shape", SPIKE_MATMUL_SHAPES, ids=lambda s: "x".join(map(str, s)))
+@pytest.mark.parametrize("p", [0.0, 0.1, 0.6], ids=["empty", "sparse", "dense-gemm"])
+@pytest.mark.parametrize("graded", [False, True], ids=["binary", "graded"])
+@pytest.mark.parametrize("transposed,accumulate", [(False, False), (True, True), (True, False)])
+def test_spike_matmul_matches_matmul(shape, p, graded, transposed, accumulate):
+    """``out = alpha * spikes^T @ dense`` (transposed: its transpose) (+ out): odd row counts (chunks of 128)
+    and column counts (tiles of 64), empty dims, all-zero spikes, and densities above 25% (a GEMM)."""
+    r, s, d = shape
+    spikes = spikes_of((r, s), p=p, seed=r + s, graded=graded)
+    dense = torch.randn(r, d, generator=torch.Generator().manual_seed(d))
+    out_shape = (d, s) if transposed else (s, d)
+    out = torch.full(out_shape, float("nan")) if not accumulate else torch.randn(out_shape)
+    expected = spike_matmul_expected(out, spikes, dense, -0.75, transposed, accumulate)
+    torch.ops.bdh.spike_matmul(out, spikes, dense, -0.75, transposed, accumulate)
+    assert not out.isnan().any()  # without accumulate the old contents are never read
+    scale = max(1.0, expected.abs().amax().item() if expected.numel() else 0.0)
+    torch.testing.assert_close(out.double(), expected, rtol=0, atol=1e-5 * scale)
+
+
+@needs_cpp
+def test_spike_matmul_reads_any_strides():
+    base_spikes = spikes_of((40, 300), p=0.1, seed=5, graded=True)
+    spikes, dense = base_spikes[:, ::3].t().contiguous().t(), torch.randn(70, 40).t()  # both non-contiguous
+    out = torch.empty(100, 70)
+    torch.ops.bdh.spike_matmul(out, spikes, dense, 1.0, False, False)
+    assert not spikes.is_contiguous() and not dense.is_contiguous()
+    torch.testing.assert_close(out, spikes.t() @ dense, rtol=1e-5, atol=1e-5)
+
+
+@needs_cpp
+def test_spike_matmul_bad_arguments_are_clear_errors():
+    spikes, dense = spikes_of((8, 3)), torch.randn(8, 5)
+    with pytest.raises(RuntimeError, match="same rows"):
+        torch.ops.bdh.spike_matmul(torch.empty(3, 5), spikes, torch.randn(7, 5), 1.0, False, False)
+    with pytest.raises(RuntimeError, match="must be float32"):
+        torch.ops.bdh.spike_matmul(torch.empty(3, 5), spikes.double(), dense, 1.0, False, False)
+    with pytest.raises(RuntimeError, match=r"out must be a contiguous \[5, 3\]"):
+        torch.ops.bdh.spike_matmul(torch.empty(3, 5), spikes, dense, 1.0, True, False)
+
+
+@needs_cpp
+def test_spike_matmul_opcheck_and_thread_count_independence():
+    spikes, dense = spikes_of((300, 70), p=0.1, seed=3, graded=True), torch.randn(300, 90)
+    torch.library.opcheck(torch.ops.bdh.spike_matmul.default, (torch.randn(70, 90), spikes, dense, 0.5, False, True))
+    threads = torch.get_num_threads()
+    results = []
+    try:
+        for n in (1, 2, 3):  # the tiles' sums run in a fixed order whatever the split
+            torch.set_num_threads(n)
+            out = torch.empty(90, 70)
+            torch.ops.bdh.spike_matmul(out, spikes, dense, 0.5, True, False)
+            results.append(out)
+    finally:
+        torch.set_num_threads(threads)
+    assert all(torch.equal(results[0], r) for r in results[1:])
+
+
+SPIKE_MATMUL_ISA_SCRIPT = """
+import hashlib, torch, bdh_kernels
+gen = torch.Generator().manual_seed(0)
+digest = hashlib.sha256()
+for graded in (False, True):
+    spikes = (torch.rand(300, 77, generator=gen) < 0.1).float()
+    if graded:
+        spikes = spikes * torch.rand(300, 77, generator=gen)
+    dense = torch.randn(300, 130, generator=gen)
+    for transposed in (False, True):
+        out = torch.ones((130, 77) if transposed else (77, 130))
+        torch.ops.bdh.spike_matmul(out, spikes, dense, 0.3, transposed, True)
+        digest.update(out.numpy().tobytes())
+print(digest.hexdigest())
+"""
+
+
+@needs_cpp
+def test_spike_matmul_same_bits_on_every_instruction_set():
+    same_output_on_every_isa(SPIKE_MATMUL_ISA_SCRIPT)
+
+
+@needs_cpp
+@pytest.mark.parametrize("bounded", [False, True], ids=["unbounded", "soft-bounds"])
+def test_stdp_update_is_spike_driven_in_fp32_on_cpp(bounded):
+    """fp32 spike trains on cpp take spike_matmul (seen in the profiler) and equal the per-step reference;
+    when autograd needs dW's graph, the GEMMs run instead and dW is differentiable."""
+    pre, post = spikes_of((37, 3, 200), p=0.1, seed=1), spikes_of((37, 3, 130), p=0.1, seed=2)
+    weight = torch.rand(130, 200, generator=torch.Generator().manual_seed(3))
+    kw = dict(weight=weight, w_min=0.0, w_max=1.0) if bounded else {}
+    ref_dw, _ = reference.stdp_update(pre.double(), post.double(), 4.0, 6.0, 0.3, 0.2, **kw)
+    with torch.profiler.profile() as prof:
+        dw, _ = bdh_kernels.stdp_update(pre, post, 4.0, 6.0, 0.3, 0.2, backend="cpp", **kw)
+    assert sum(e.name == "bdh::spike_matmul" for e in prof.events()) == 2
+    assert rel_err(dw, ref_dw) <= 1e-6
+    pre_leaf = pre.clone().requires_grad_(True)
+    dw_graph, _ = bdh_kernels.stdp_update(pre_leaf, post, 4.0, 6.0, 0.3, 0.2, backend="cpp", **kw)
+    assert dw_graph.grad_fn is not None and rel_err(dw_graph, ref_dw) <= 1e-6
+    (grad,) = torch.autograd.grad(dw_graph.sum(), pre_leaf)
+    assert grad.abs().sum() > 0
