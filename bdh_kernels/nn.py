@@ -5,8 +5,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import backends
 from .lif import _check_number, lif
-from .stdp import STDPState, _check_tau, _weight_change, stdp_traces, stdp_update
+from .stdp import STDPState, _check_tau, _spike_driven, _weight_change, stdp_traces, stdp_update
 
 
 class LIF(nn.Module):
@@ -256,8 +257,10 @@ class STDPLearner(nn.Module):
                              f"for input {tuple(pre.shape[3:])}")
         bounds = (self.w_min, self.w_max) if self.w_min is not None else (None, None)
         weight = conv.weight.flatten(1) if self.w_min is not None else None
+        choice = backends.select("stdp_update", post.device, self.params["backend"])
+        spike_driven = _spike_driven(choice, pre, post, init_pre, init_post)
         dw = _weight_change(pre_cols, tr_pre_cols, rows(post), rows(tr_post), self.params["a_plus"],
-                            self.params["a_minus"], weight, *bounds)
+                            self.params["a_minus"], weight, *bounds, spike_driven)
         return dw.view(conv.weight.shape)
 
     def extra_repr(self) -> str:

@@ -290,16 +290,20 @@ def stdp_update(
     choice = backends.select("stdp_update", pre.device, backend)
     trace_pre, final_pre = _traces(pre, tau_pre, time_dim, init_pre, choice)
     trace_post, final_post = _traces(post, tau_post, time_dim, init_post, choice)
-    # spike_matmul has no autograd formula: differentiable inputs take the GEMMs
-    needs_grad = torch.is_grad_enabled() and any(
-        t is not None and t.requires_grad for t in (pre, post, init_pre, init_post))
-    spike_driven = choice == "cpp" and pre.dtype == torch.float32 and not needs_grad
+    spike_driven = _spike_driven(choice, pre, post, init_pre, init_post)
     # every (t, b) is a row: time and batch are summed alike, so their order in memory does not matter
     rows = math.prod(pre.shape[:-1])
     dw = _weight_change(pre.reshape(rows, n_in), trace_pre.reshape(rows, n_in), post.reshape(rows, n_out),
                         trace_post.reshape(rows, n_out), a_plus, a_minus, weight if bounded else None, w_min, w_max,
                         spike_driven)
     return dw, STDPState(final_pre, final_post)
+
+
+def _spike_driven(choice, *inputs):
+    """Whether the update's products can be ``spike_matmul``: fp32 on the cpp backend, and no input that
+    autograd must differentiate ``dW`` by (``spike_matmul`` has no autograd formula; the GEMMs have)."""
+    needs_grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in inputs)
+    return choice == "cpp" and inputs[0].dtype == torch.float32 and not needs_grad
 
 
 def _weight_change(pre2, trace_pre2, post2, trace_post2, a_plus, a_minus, weight, w_min, w_max, spike_driven):
