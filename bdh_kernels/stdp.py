@@ -233,9 +233,12 @@ def stdp_update(
         dW = a_plus * LTP - a_minus * LTD                                   (no bounds)
         dW = a_plus * (w_max - W) * LTP - a_minus * (W - w_min) * LTD       (soft bounds)
 
-    The sums over t and b are two matrix products over all ``T*B`` rows (``torch.mm``, ``torch.addmm``):
-    no ``[B, Nout, Nin]`` tensor is ever built, so the extra memory is the two traces (``T*B*(Nin+Nout)``
-    elements) and the ``[Nout, Nin]`` result (plus one more ``[Nout, Nin]`` with soft bounds).
+    The sums over t and b are two matrix products over all ``T*B`` rows: no ``[B, Nout, Nin]`` tensor is
+    ever built, so the extra memory is the two traces (``T*B*(Nin+Nout)`` elements) and the ``[Nout, Nin]``
+    result (plus one more ``[Nout, Nin]`` with soft bounds). For fp32 on the cpp backend each product adds
+    up only the rows where its spike factor is nonzero (module docstring: ``spike_matmul``), so a zero spike
+    never multiplies its trace (a non-finite trace there does not reach ``dW``); otherwise they are
+    ``torch.mm`` / ``torch.addmm``.
 
     This equals SpikingJelly's ``functional.learning.stdp_linear_step(pre[t], post[t], trace, W, tau_pre,
     tau_post, f_pre, f_post)`` applied step by step with ``W`` fixed and its ``delta_w`` summed over the
