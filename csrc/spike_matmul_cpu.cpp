@@ -22,7 +22,6 @@
 #include <vector>
 
 #include <ATen/Parallel.h>
-#include <c10/util/irange.h>
 #include <torch/library.h>
 
 #include "cpu_isa.h"
