@@ -21,6 +21,10 @@ spikingjelly                ``functional.learning.stdp_linear_step`` per step (i
 snntorch                    ``snntorch.functional.stdp_learner.stdp_linear_single_step`` per step, the same
 ==========================  ==========================================================================
 
+``test_spike_product_cpu`` times one of the update's two products alone, ``post^T @ trace_pre`` over the
+``T*B`` rows of the CPU shape, as ``spike_matmul`` (what ``stdp_update`` runs on cpp in fp32) and as
+``torch.mm``, at spike probabilities 0.02, 0.1 and 0.2 (``extra_info``: ``spike_product``, ``density``).
+
 ``benchmark.extra_info`` of each case: ``stdp_library`` (not ``library``, so benchmarks/report.py, which
 reads the LIF cases, skips these), device, dtype, shape ``[T, B, Nin, Nout]``, ``peak_bytes`` (CPU: the
 largest amount of tensor memory allocated during one call, from the torch profiler's memory records; GPU:
@@ -219,6 +223,52 @@ def test_stdp_gpu(benchmark, full, lib):
     _bench(benchmark, full, "cuda", lib)
 
 
+PRODUCT_DENSITIES = (0.02, 0.1, 0.2)  # below spike_matmul's 25% switch to the GEMM
+
+
+@pytest.mark.parametrize("density", PRODUCT_DENSITIES)
+@pytest.mark.parametrize("lib", ("spike_matmul", "mm"))
+def test_spike_product_cpu(benchmark, full, lib, density):
+    if bdh_backends.extension_error() is not None:
+        pytest.skip(f"spike_matmul is in the C++ extension: {bdh_backends.extension_error()}")
+    t, b, n_in, n_out = shape_for(full, "cpu")
+    gen = torch.Generator().manual_seed(2)
+    post = (torch.rand((t * b, n_out), generator=gen) < density).float()
+    trace_pre = torch.rand((t * b, n_in), generator=gen)
+    out = torch.empty(n_out, n_in)
+    if lib == "mm":
+        def step():
+            torch.mm(post.t(), trace_pre, out=out)
+    else:
+        def step():
+            torch.ops.bdh.spike_matmul(out, post, trace_pre, 1.0, False, False)
+
+    step()
+    benchmark.group = f"stdp one product cpu float32 [{t * b}, {n_out}] x [{t * b}, {n_in}]"
+    if full:
+        benchmark(step)
+    else:
+        benchmark.pedantic(step, rounds=1, iterations=1)
+    benchmark.extra_info.update({"spike_product": lib, "density": density, "rows": t * b, "n_out": n_out,
+                                 "n_in": n_in, "full": full})
+
+
+def product_table(path):
+    """The Markdown table of the one-product cases in a pytest-benchmark JSON ('' when there are none)."""
+    medians = {(i["spike_product"], i["density"]): (i, s["median"]) for i, s in load_cases(path, "spike_product")}
+    if not medians:
+        return ""
+    info = next(iter(medians.values()))[0]
+    out = [f"one product, post^T @ trace_pre: [{info['rows']}, {info['n_out']}] spikes, [{info['rows']}, "
+           f"{info['n_in']}] traces:", "", "| spike probability | spike_matmul ms | torch.mm ms | torch.mm / spike_matmul |",
+           "|---|---|---|---|"]
+    for density in sorted({d for _, d in medians}):
+        sparse, dense = medians.get(("spike_matmul", density)), medians.get(("mm", density))
+        if sparse and dense:
+            out.append(f"| {density} | {sparse[1] * 1e3:.2f} | {dense[1] * 1e3:.2f} | {dense[1] / sparse[1]:.1f}x |")
+    return "\n".join(out + [""])
+
+
 def goal_lines(results, full):
     """Issue 5's goals, as pass / falls-short lines (goals, not assertions)."""
     lines = []
@@ -276,3 +326,4 @@ def markdown(path):
 
 if __name__ == "__main__":
     print(markdown(sys.argv[1]))
+    print(product_table(sys.argv[1]))

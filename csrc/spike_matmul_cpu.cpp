@@ -14,8 +14,8 @@
 // result does not depend on the thread count. Above kMaxDensity (where the adds stop paying for the index)
 // or for sizes the 32-bit index cannot hold, the op is a BLAS GEMM instead.
 //
-// Measured on 2 cores (AVX-512), R = 2048, S = D = 1024, p = 0.1: 3.9 ms per product against 12.9 ms for
-// torch.mm.
+// Measured on 2 cores (AVX-512), R = 2048, S = D = 1024: 4.0 ms per product against 13.7 ms for torch.mm
+// at p = 0.1 (benchmarks/bench_stdp.py, BENCHMARKS.md).
 #include <algorithm>
 #include <cstdint>
 #include <limits>

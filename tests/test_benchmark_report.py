@@ -60,3 +60,28 @@ def test_gpu_goal_lines_use_the_same_runs_floor_and_spikingjelly():
     assert "PASS: bdh_cuda fwd+bwd bfloat16 [128, 32, 131072] 4.00 ms reaches 125%" in lines
     small = [dict(r, shape=(128, 8, 4096)) for r in rows]
     assert report.gpu_goal_lines(small) == []  # below 2^22 neurons the goals do not apply
+
+
+def test_stdp_tables_from_a_benchmark_json(tmp_path, monkeypatch):
+    """benchmarks/bench_stdp.py's tables: the update's cases with their ratios and goal lines, and the
+    one-product cases (spike_matmul against torch.mm per spike probability)."""
+    monkeypatch.syspath_prepend(os.path.join(HERE, "..", "benchmarks"))  # its `from goals import ...`
+    spec = importlib.util.spec_from_file_location("bench_stdp", os.path.join(HERE, "..", "benchmarks", "bench_stdp.py"))
+    bench_stdp = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench_stdp)
+    cases = []
+    for lib, ms in (("floor", 30.0), ("bdh_cpp", 10.0), ("spikingjelly", 1500.0)):
+        cases.append({"extra_info": {"stdp_library": lib, "device": "cpu", "dtype": "float32", "full": True,
+                                     "shape": [64, 32, 1024, 1024], "peak_bytes": 2**20},
+                      "stats": {"median": ms / 1e3, "rounds": 5}})
+    for lib, density, ms in (("spike_matmul", 0.1, 4.0), ("mm", 0.1, 13.0), ("spike_matmul", 0.2, 6.5)):
+        cases.append({"extra_info": {"spike_product": lib, "density": density, "rows": 2048, "n_out": 1024,
+                                     "n_in": 1024, "full": True}, "stats": {"median": ms / 1e3, "rounds": 5}})
+    path = tmp_path / "stdp.json"
+    path.write_text(json.dumps({"benchmarks": cases}))
+    table = bench_stdp.markdown(str(path))
+    assert "| bdh_cpp | 10.0 | 0.33 | 150 | 1.0 | 5 |" in table
+    assert "PASS: cpu stdp_update 10.0 ms is 150x faster than SpikingJelly's per-step loop (1500 ms)" in table
+    products = bench_stdp.product_table(str(path))
+    assert "| 0.1 | 4.00 | 13.00 | 3.2x |" in products
+    assert "| 0.2 |" not in products  # no torch.mm case to compare with
