@@ -312,8 +312,9 @@ def _spike_driven(choice, *inputs):
 def _weight_change(pre2, trace_pre2, post2, trace_post2, a_plus, a_minus, weight, w_min, w_max, spike_driven):
     """dW from the ``[rows, N]`` spikes and traces (arguments checked): two products over the rows, by
     ``spike_matmul`` when ``spike_driven``, else by GEMMs."""
-    spike_matmul = torch.ops.bdh.spike_matmul
     n_out, n_in = post2.shape[1], pre2.shape[1]
+    # looked up only when used: without the C++ extension (GEMM path) the op does not exist
+    spike_matmul = torch.ops.bdh.spike_matmul if spike_driven else None
     if weight is None:
         if spike_driven:
             dw = pre2.new_empty((n_out, n_in))

@@ -292,3 +292,12 @@ def test_stdp_update_is_spike_driven_in_fp32_on_cpp(bounded):
     assert dw_graph.grad_fn is not None and rel_err(dw_graph, ref_dw) <= 1e-6
     (grad,) = torch.autograd.grad(dw_graph.sum(), pre_leaf)
     assert grad.abs().sum() > 0
+
+
+def test_stdp_update_gemm_path_needs_no_extension_op(monkeypatch):
+    """Without the C++ extension there is no bdh::spike_matmul: the GEMM path must not look it up."""
+    monkeypatch.setattr(torch.ops, "bdh", object())  # a namespace with no ops at all
+    pre, post = spikes_of((9, 2, 7), p=0.1, seed=4), spikes_of((9, 2, 5), p=0.1, seed=5)
+    dw, _ = bdh_kernels.stdp_update(pre, post, 4.0, 6.0, 0.3, 0.2, backend="reference")
+    ref_dw, _ = reference.stdp_update(pre, post, 4.0, 6.0, 0.3, 0.2)
+    assert rel_err(dw, ref_dw) <= 1e-6
