@@ -19,9 +19,9 @@
 namespace bdh {
 namespace {
 
-// The window kernels, compiled for SSE2, AVX2 and AVX-512 (cpu_isa.h). AVX-512 takes about 7% off the
-// AVX2 forward + backward (A/B runs on [128, 32, 4096]; the backward evaluates the surrogate's exp and
-// division in every step).
+// The window kernels, compiled for SSE2, AVX2 and AVX-512 (cpu_isa.h). On [128, 32, 4096] fwd+bwd the
+// AVX-512 build measures within noise of the AVX2 one (BENCHMARKS.md): these loops wait on memory more
+// than on arithmetic.
 #define BDH_CPU_KERNELS "lif_cpu_kernels.h"
 #include "cpu_isa_instantiate.h"
 
