@@ -35,8 +35,9 @@ namespace {
 
 constexpr int64_t kTile = 64;       // dense columns per task: four 16-float vectors
 constexpr int64_t kChunk = 128;     // spike rows per chunk: a [kChunk, kTile] fp32 slice is 32 KiB
-constexpr double kMaxDensity = 0.25;  // more nonzeros: the GEMM (at 2048 x 1024 x 1024 on 2 cores the
-                                      // adds cost as much at 30% graded, 50% binary)
+constexpr double kMaxDensity = 0.25;  // more nonzeros: the GEMM (timed by hand while choosing it, at
+                                      // 2048 x 1024 x 1024 on 2 cores: the adds cost as much as the GEMM
+                                      // at about 30% graded, 50% binary)
 
 // The spikes' nonzeros, by row chunk then column: chunk c's column s holds entries ptr[c*(cols+1) + s]
 // up to ptr[c*(cols+1) + s + 1] of rows (the row within the chunk) and vals, rows ascending.
