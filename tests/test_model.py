@@ -26,14 +26,23 @@ def real_batch():
 
 
 # ------------------------------------------------------------------------------------------ backends
-@pytest.mark.parametrize("backend", [b for b in ("cpp", "triton") if b in available_backends("cpu")])
+def _fast_backends():
+    """(backend, device) pairs to check the model with: the CPU ones here, the GPU ones where CUDA is."""
+    pairs = [(b, "cpu") for b in ("cpp", "triton") if b in available_backends("cpu")]
+    if torch.cuda.is_available():
+        pairs += [(b, "cuda") for b in ("triton", "cuda") if b in available_backends("cuda")]
+    return pairs
+
+
+@pytest.mark.parametrize("backend,device", _fast_backends())
 @pytest.mark.parametrize("stdp", [True, False])
-def test_backend_matches_reference_ops(backend, stdp):
-    """Loss and every gradient with a fast backend equal those with the pure-PyTorch reference ops."""
-    idx = torch.randint(1, 256, (2, 48), generator=torch.Generator().manual_seed(1))
+def test_backend_matches_reference_ops(backend, device, stdp):
+    """Loss and every gradient with a fast backend equal those with the pure-PyTorch reference ops (on the
+    same device, so the LIF inputs are the same numbers)."""
+    idx = torch.randint(1, 256, (2, 48), generator=torch.Generator().manual_seed(1)).to(device)
     results = {}
     for name in ("reference", backend):
-        model = small_model(f"lif.backend={name}", f"stdp.enabled={str(stdp).lower()}")
+        model = small_model(f"lif.backend={name}", f"stdp.enabled={str(stdp).lower()}").to(device)
         loss, out = loss_of(model, idx)
         loss.backward()
         results[name] = (loss.detach(), out.rates.detach(), {n: p.grad.clone() for n, p in model.named_parameters()})
