@@ -7,10 +7,18 @@ operation by operation. Runs on CUDA tensors, and on CPU tensors under ``TRITON_
 Layout of the work
 ------------------
 Neurons are independent and time is a recurrence, so one program owns ``BLOCK_N`` neurons along the
-flattened neuron index ``n = p * Q + q`` and walks time inside the kernel. Consecutive ``n`` are
-consecutive ``q``, so when x's q-stride is 1 neighbouring lanes read neighbouring addresses (coalesced);
-any strides work, they are runtime arguments. ``T`` is a runtime argument (not constexpr and not
-specialised): a new sequence length does not compile a new kernel.
+flattened neuron index ``n = p * Q + q`` and walks time inside the kernel, one neuron per thread.
+Consecutive ``n`` are consecutive ``q``, so when x's q-stride is 1 neighbouring lanes read neighbouring
+addresses (coalesced); any strides work, they are runtime arguments. ``T`` is a runtime argument (not
+constexpr, and neither it nor the strides that can depend on it, those of P and Q, are specialised on
+divisibility): a new sequence length does not compile a new kernel. The time stride does not depend on T
+(it is Q, or 1 when time is the last dim), so its divisibility still lets the loads be vectorised.
+
+Time is walked in segments of ``CKPT = 32`` steps (the checkpoint interval). A segment's loads are issued
+all at once into a ``[CKPT, BLOCK_N]`` register tile before its steps run (a step's arithmetic is a few
+flops, so one load in flight per thread would leave the loop waiting on memory latency), and the steps
+read the tile row by row; the segment loops are unrolled (``tl.static_range``), so row ``j`` is a fixed
+set of registers, as in the CUDA kernel's per-thread arrays.
 
 Forward, per neuron and step t (fp32 state whatever the I/O dtype, ``k = 1/tau_mem``,
 ``a_syn = 1 - 1/tau_syn``, both rounded to fp32 on the host from double as ``reference.lif_constants``)::
@@ -23,9 +31,11 @@ Forward, per neuron and step t (fp32 state whatever the I/O dtype, ``k = 1/tau_m
 
 Before step ``c * CHECKPOINT_EVERY`` the state (v, i) is written to row c of ``v_ckpt`` / ``i_ckpt``.
 
-Backward, per 32-step segment from the last to the first: reload the segment's checkpoint, recompute
-its ``h_t`` forward into a scratch buffer, then run the reverse sweep of the contract over the segment.
-``gv`` (and ``gi``) carry across segments; see :func:`_lif_backward_kernel` for the exact recurrence.
+Backward, per segment from the last to the first: load the segment's inputs, recompute its ``h_t``
+from the checkpoint into a register tile, load its output gradients, then run the reverse sweep of the
+contract over the tile. ``gv`` (and ``gi``) carry across segments; see :func:`_lif_backward_kernel`.
+Memory traffic per neuron-step: forward x and out, backward x, grad_out and grad_x, plus 4/32 bytes of
+checkpoint each way (8/32 with tau_syn).
 
 Bit-exactness: the kernels do the same fp32 operations in the same order as the reference and are
 launched with ``enable_fp_fusion=False`` (no mul+add contracted into an FMA, which rounds once instead
@@ -123,7 +133,27 @@ def _surrogate_grad(z, alpha, SURROGATE: tl.constexpr):
     return g
 
 
-@triton.jit(do_not_specialize=["T", "num_ckpt"])
+@triton.jit
+def _put_row(tile, rows, j, row):
+    """``tile`` (``[CKPT, BLOCK_N]``) with row ``j`` replaced by ``row``.
+
+    ``j`` is a compile-time constant (the loops over a segment are ``tl.static_range``) and each thread
+    holds all rows of its columns, so the comparison folds and this is a register move, not a select
+    over the tile.
+    """
+    return tl.where(rows[:, None] == j, row[None, :], tile)
+
+
+@triton.jit
+def _get_row(tile, rows, j):
+    """Row ``j`` of the fp32 ``tile``, exactly: the other terms of the sum are -0.0, and ``x + -0.0 == x``
+    for every x (-0.0, infinities and NaN included), so no rounding; with ``j`` a compile-time constant
+    the compiler folds the sum away (adding -0.0 is an identity it may drop)."""
+    return tl.sum(tl.where(rows[:, None] == j, tile, -0.0), axis=0)
+
+
+@triton.jit(do_not_specialize=["T", "num_ckpt"],
+            do_not_specialize_on_alignment=["stride_xp", "stride_xq"])
 def _lif_forward_kernel(
     x_ptr, v_init_ptr, i_init_ptr,
     out_ptr, v_final_ptr, i_final_ptr, v_ckpt_ptr, i_ckpt_ptr,
@@ -137,6 +167,10 @@ def _lif_forward_kernel(
     """LIF forward for ``BLOCK_N`` neurons over all ``T`` steps (formulas in the module docstring).
 
     Writes ``out`` (x's dtype, contiguous ``[P, T, Q]``), ``v_final``/``i_final`` and the checkpoint rows.
+    Per segment of ``CKPT`` steps the inputs are loaded first, all at once (``CKPT`` loads in flight per
+    thread, which is what hides the memory latency), into a ``[CKPT, BLOCK_N]`` register tile; then the
+    steps run from the tile. Steps past ``T`` in the last segment are masked: they load and store
+    nothing and leave the state as it is.
     """
     pid = tl.program_id(0)
     n, mask, x_off, out_off = _neuron_offsets(pid, N, Q, T, stride_xp, stride_xq, BLOCK_N, FLAT)
@@ -149,35 +183,37 @@ def _lif_forward_kernel(
     if HAS_I_INIT:
         i = tl.load(i_init_ptr + n, mask=mask, other=0.0)
 
-    x_ptrs = x_ptr + x_off
-    out_ptrs = out_ptr + out_off
+    rows = tl.arange(0, CKPT)
     # Pointers advance by a stride per step (64-bit pointer arithmetic) rather than t * stride, which
     # would be a 32-bit product for a 32-bit loop index.
+    x_ptrs = x_ptr + x_off
+    out_ptrs = out_ptr + out_off
     v_ckpt_ptrs = v_ckpt_ptr + n
     i_ckpt_ptrs = i_ckpt_ptr + n
-    # Software prefetch: x_{t+1} is loaded before step t's arithmetic, so each thread has two loads in
-    # flight instead of waiting a full memory latency per step (the recurrence itself is a few flops).
-    x_next = tl.load(x_ptrs, mask=mask, other=0.0)
     for c in range(0, num_ckpt):
         tl.store(v_ckpt_ptrs, v, mask=mask)
         v_ckpt_ptrs += N
         if SYN:
             tl.store(i_ckpt_ptrs, i, mask=mask)
             i_ckpt_ptrs += N
-        t0 = c * CKPT
-        for t in range(t0, tl.minimum(t0 + CKPT, T)):
-            x_t = x_next.to(tl.float32)
+        seg_len = tl.minimum(T - c * CKPT, CKPT)
+        xs = tl.zeros([CKPT, BLOCK_N], dtype=tl.float32)
+        for j in tl.static_range(CKPT):
+            x_j = tl.load(x_ptrs, mask=_mask_if(mask, j < seg_len), other=0.0).to(tl.float32)
+            xs = _put_row(xs, rows, j, x_j)
             x_ptrs += stride_xt
-            x_next = tl.load(x_ptrs, mask=_mask_if(mask, t + 1 < T), other=0.0)
-
-            h, i = _charge(v, i, x_t, k, a_syn, v_rest, SYN, DECAY_INPUT)
+        for j in tl.static_range(CKPT):
+            live = j < seg_len
+            x_t = _get_row(xs, rows, j)
+            h, i_next = _charge(v, i, x_t, k, a_syn, v_rest, SYN, DECAY_INPUT)
             spike = h >= v_threshold
-            v = _reset(h, spike, v_threshold, v_reset, HARD_RESET)
-
+            v = tl.where(live, _reset(h, spike, v_threshold, v_reset, HARD_RESET), v)
+            if SYN:
+                i = tl.where(live, i_next, i)
             s = spike.to(tl.float32)
             if GATED:
                 s = s * tl.maximum(x_t, 0.0)  # s * relu(x_t) in fp32, then cast: as the reference
-            tl.store(out_ptrs, s.to(out_ptr.dtype.element_ty), mask=mask)
+            tl.store(out_ptrs, s.to(out_ptr.dtype.element_ty), mask=_mask_if(mask, live))
             out_ptrs += Q
 
     tl.store(v_final_ptr + n, v, mask=mask)
@@ -185,9 +221,10 @@ def _lif_forward_kernel(
         tl.store(i_final_ptr + n, i, mask=mask)
 
 
-@triton.jit(do_not_specialize=["T", "num_ckpt"])
+@triton.jit(do_not_specialize=["T", "num_ckpt"],
+            do_not_specialize_on_alignment=["stride_xp", "stride_xq", "stride_gp", "stride_gq"])
 def _lif_backward_kernel(
-    grad_out_ptr, grad_v_ptr, grad_i_ptr, x_ptr, v_ckpt_ptr, i_ckpt_ptr, scratch_ptr,
+    grad_out_ptr, grad_v_ptr, grad_i_ptr, x_ptr, v_ckpt_ptr, i_ckpt_ptr,
     grad_x_ptr, grad_v_init_ptr, grad_i_init_ptr,
     N, Q, T, num_ckpt,
     stride_xp, stride_xt, stride_xq,
@@ -213,11 +250,11 @@ def _lif_backward_kernel(
 
     and at the end ``grad_v_init = gv``, ``grad_i_init = gi`` (= ``gi_0 * a_syn``).
 
-    The h_t of a segment are needed in reverse order but produced in forward order. Triton has no
-    per-thread arrays (a register tile cannot be indexed by a loop variable), so they go to a global fp32
-    scratch ``[min(T, 32), N]``: each program writes and reads back only its own columns, with the same
-    thread-to-element mapping, so no synchronisation is needed, and a segment's slice (32 * BLOCK_N * 4
-    bytes per program) is re-read right after it is written, i.e. mostly from L2.
+    The h_t of a segment are needed in reverse order but produced in forward order, so a segment is
+    worked from register tiles ``[CKPT, BLOCK_N]``, as the CUDA kernel keeps per-thread arrays: the
+    segment's inputs (all loads in flight at once), the recomputed membranes (bit-identical to the
+    forward's, so both passes agree on every spike), then its output gradients (again all at once),
+    and the reverse sweep reads them back row by row. Nothing of size T * neurons is written but grad_x.
     """
     pid = tl.program_id(0)
     n, mask, x_off, gx_off = _neuron_offsets(pid, N, Q, T, stride_xp, stride_xq, BLOCK_N, FLAT)
@@ -234,46 +271,48 @@ def _lif_backward_kernel(
     if HAS_GRAD_I:
         gi = tl.load(grad_i_ptr + n, mask=mask, other=0.0)
     one_minus_k = 1.0 - k
+    rows = tl.arange(0, CKPT)
 
-    # grad_out and grad_x are walked from step T down to 0, one stride per step, across segments.
-    t_end = T.to(tl.int64)
-    go_ptrs = grad_out_ptr + go_off + t_end * stride_gt
-    gx_ptrs = grad_x_ptr + gx_off + t_end * Q
     for cc in range(0, num_ckpt):
         c = num_ckpt - 1 - cc
-        t0 = c * CKPT
-        seg_len = tl.minimum(T - t0, CKPT)
+        t0 = c.to(tl.int64) * CKPT
+        seg_len = tl.minimum(T - c * CKPT, CKPT)
 
-        # 1. recompute the segment's membranes from its checkpoint, bit-identical to the forward
+        # 1. the segment's inputs, then its membranes recomputed from the checkpoint
         v = tl.load(v_ckpt_ptr + c.to(tl.int64) * N + n, mask=mask, other=0.0)
         i = tl.zeros([BLOCK_N], dtype=tl.float32)
         if SYN:
             i = tl.load(i_ckpt_ptr + c.to(tl.int64) * N + n, mask=mask, other=0.0)
-        x_ptrs = x_ptr + x_off + t0.to(tl.int64) * stride_xt
-        h_ptrs = scratch_ptr + n
-        x_next = tl.load(x_ptrs, mask=mask, other=0.0)
-        for j in range(0, seg_len):
-            x_t = x_next.to(tl.float32)
+        x_ptrs = x_ptr + x_off + t0 * stride_xt
+        xs = tl.zeros([CKPT, BLOCK_N], dtype=tl.float32)
+        for j in tl.static_range(CKPT):
+            x_j = tl.load(x_ptrs, mask=_mask_if(mask, j < seg_len), other=0.0).to(tl.float32)
+            xs = _put_row(xs, rows, j, x_j)
             x_ptrs += stride_xt
-            x_next = tl.load(x_ptrs, mask=_mask_if(mask, j + 1 < seg_len), other=0.0)
-            h, i = _charge(v, i, x_t, k, a_syn, v_rest, SYN, DECAY_INPUT)
-            tl.store(h_ptrs, h, mask=mask)
-            h_ptrs += N
-            v = _reset(h, h >= v_threshold, v_threshold, v_reset, HARD_RESET)
+        hs = tl.zeros([CKPT, BLOCK_N], dtype=tl.float32)
+        for j in tl.static_range(CKPT):
+            h, i = _charge(v, i, _get_row(xs, rows, j), k, a_syn, v_rest, SYN, DECAY_INPUT)
+            hs = _put_row(hs, rows, j, h)
+            v = _reset(h, h >= v_threshold, v_threshold, v_reset, HARD_RESET)  # past T: never read
 
-        # 2. reverse sweep over the segment (x_ptrs and h_ptrs now point one step past its end)
-        for j in range(0, seg_len):
-            h_ptrs -= N
-            go_ptrs -= stride_gt
-            gx_ptrs -= Q
-            h = tl.load(h_ptrs, mask=mask, other=0.0)
-            grad_out = tl.load(go_ptrs, mask=mask, other=0.0).to(tl.float32)
+        # 2. the segment's output gradients, then the reverse sweep
+        go_ptrs = grad_out_ptr + go_off + t0 * stride_gt
+        gos = tl.zeros([CKPT, BLOCK_N], dtype=tl.float32)
+        for j in tl.static_range(CKPT):
+            go_j = tl.load(go_ptrs, mask=_mask_if(mask, j < seg_len), other=0.0).to(tl.float32)
+            gos = _put_row(gos, rows, j, go_j)
+            go_ptrs += stride_gt
+        gx_ptrs = grad_x_ptr + gx_off + (t0 + CKPT - 1) * Q
+        for jj in tl.static_range(CKPT):
+            j = CKPT - 1 - jj
+            live = j < seg_len
+            h = _get_row(hs, rows, j)
+            grad_out = _get_row(gos, rows, j)
             spike = h >= v_threshold  # the forward's predicate: same spikes as the forward
             g = _surrogate_grad(h - v_threshold, alpha, SURROGATE)
 
             if GATED:
-                x_ptrs -= stride_xt
-                x_t = tl.load(x_ptrs, mask=mask, other=0.0).to(tl.float32)
+                x_t = _get_row(xs, rows, j)
                 gs = grad_out * tl.maximum(x_t, 0.0)
             else:
                 gs = grad_out
@@ -290,16 +329,17 @@ def _lif_backward_kernel(
                 gu = gh * k
             else:
                 gu = gh
-            gv = gh * one_minus_k
+            gv = tl.where(live, gh * one_minus_k, gv)
             if SYN:
-                gi = gu + gi
-                gx = gi
-                gi = gi * a_syn
+                gi_t = gu + gi
+                gx = gi_t
+                gi = tl.where(live, gi_t * a_syn, gi)
             else:
                 gx = gu
             if GATED:
                 gx = gx + tl.where(spike & (x_t > 0.0), grad_out, 0.0)
-            tl.store(gx_ptrs, gx.to(grad_x_ptr.dtype.element_ty), mask=mask)
+            tl.store(gx_ptrs, gx.to(grad_x_ptr.dtype.element_ty), mask=_mask_if(mask, live))
+            gx_ptrs -= Q
 
     tl.store(grad_v_init_ptr + n, gv, mask=mask)
     if SYN:
@@ -320,18 +360,19 @@ def _sm_count(device_index: int) -> int:
 def _launch_config(num_neurons: int, device: torch.device):
     """``(BLOCK_N, num_warps)`` for ``num_neurons`` neurons.
 
-    On a GPU the time loop is a latency-bound chain, so the goal is to have every neuron resident at
-    once: blocks of 512 neurons on 4 warps (4 per thread: 16-byte vector accesses for fp32 when the
-    q-stride is 1) once there are enough neurons for two such blocks per SM, smaller blocks below that
-    so that all SMs get work. Under the interpreter each program is a Python loop over T, so fewer,
-    larger programs are faster; 64 still leaves several programs in the tests.
+    On a GPU one thread owns one neuron (``BLOCK_N = 32 * num_warps``): a thread holds its neuron's
+    segment tiles (``CKPT`` inputs, membranes and output gradients, fp32) in registers, so more neurons
+    per thread would spill. Blocks of 4 warps once there are enough neurons for two such blocks per SM,
+    smaller blocks below that so that all SMs get work. Under the interpreter each program is a Python
+    loop, so fewer, larger programs are faster; 64 still leaves several programs in the tests.
     """
     if device.type != "cuda":
         return 64, 1
     sms = _sm_count(device.index if device.index is not None else torch.cuda.current_device())
-    block = triton.next_power_of_2(max(1, -(-num_neurons // (2 * sms))))
-    block = max(32, min(512, block))
-    return block, max(1, min(4, block // 128))
+    warps = 4
+    while warps > 1 and num_neurons < 2 * sms * 32 * warps:
+        warps //= 2
+    return 32 * warps, warps
 
 
 def interpreted() -> bool:
@@ -433,15 +474,13 @@ def lif_backward(grad_out, grad_v, grad_i, x, v_ckpt, i_ckpt, tau_mem, v_thresho
     grad_i = _flat_state(grad_i, N, "grad_i") if syn else None
     v_ckpt = v_ckpt.contiguous()
     i_ckpt = i_ckpt.contiguous() if syn else v_ckpt
-    # the h_t of one segment (see _lif_backward_kernel's docstring)
-    scratch = torch.empty((min(T, CHECKPOINT_EVERY), N), **f32)
     k, a_syn, v_rest = lif_constants(tau_mem, v_reset, tau_syn)
     block, num_warps = _launch_config(N, x.device)
     grid = (triton.cdiv(N, block),)
     with _device_guard(x):
         _lif_backward_kernel[grid](
             grad_out, grad_v if grad_v is not None else grad_v_init,
-            grad_i if grad_i is not None else grad_v_init, x, v_ckpt, i_ckpt, scratch,
+            grad_i if grad_i is not None else grad_v_init, x, v_ckpt, i_ckpt,
             grad_x, grad_v_init, grad_i_init if syn else grad_v_init,
             N, Q, T, num_ckpt,
             x.stride(0), x.stride(1), x.stride(2),

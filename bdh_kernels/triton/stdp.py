@@ -20,7 +20,7 @@ import triton.language as tl
 
 from ..reference import trace_decay
 from ..stdp import TRACE_BACKWARD_SCHEMA, TRACE_FORWARD_SCHEMA
-from .lif import _device_guard, _f32, _launch_config, _mask_if, _neuron_offsets
+from .lif import _device_guard, _f32, _mask_if, _neuron_offsets, _sm_count
 from .lif import check_input
 from .lif import interpreted as _lif_interpreted
 
@@ -41,7 +41,7 @@ def _to_output(v, out_ptr, RNE_BF16: tl.constexpr):
         return v.to(out_ptr.dtype.element_ty)
 
 
-@triton.jit(do_not_specialize=["T"])
+@triton.jit(do_not_specialize=["T"], do_not_specialize_on_alignment=["stride_xp", "stride_xq"])
 def _trace_forward_kernel(
     x_ptr, init_ptr, out_ptr, final_ptr,
     N, Q, T,
@@ -69,7 +69,7 @@ def _trace_forward_kernel(
     tl.store(final_ptr + n, tr, mask=mask)
 
 
-@triton.jit(do_not_specialize=["T"])
+@triton.jit(do_not_specialize=["T"], do_not_specialize_on_alignment=["stride_gp", "stride_gq"])
 def _trace_backward_kernel(
     g_ptr, grad_final_ptr, grad_x_ptr, grad_init_ptr,
     N, Q, T,
@@ -100,6 +100,23 @@ def _trace_backward_kernel(
 
 
 # ------------------------------------------------------------------------------------------ launchers
+def _launch_config(num_neurons: int, device: torch.device):
+    """``(BLOCK_N, num_warps)`` for ``num_neurons`` neurons.
+
+    The scan is a latency-bound chain per neuron, so the goal is to have every neuron resident at once:
+    blocks of 512 neurons on 4 warps (4 per thread: 16-byte vector accesses for fp32 when the q-stride
+    is 1) once there are enough neurons for two such blocks per SM, smaller blocks below that so that all
+    SMs get work. Under the interpreter each program is a Python loop over T, so fewer, larger programs
+    are faster; 64 still leaves several programs in the tests.
+    """
+    if device.type != "cuda":
+        return 64, 1
+    sms = _sm_count(device.index if device.index is not None else torch.cuda.current_device())
+    block = triton.next_power_of_2(max(1, -(-num_neurons // (2 * sms))))
+    block = max(32, min(512, block))
+    return block, max(1, min(4, block // 128))
+
+
 def interpreted() -> bool:
     return _lif_interpreted()
 
