@@ -250,11 +250,11 @@ def _lif_backward_kernel(
 
     and at the end ``grad_v_init = gv``, ``grad_i_init = gi`` (= ``gi_0 * a_syn``).
 
-    The h_t of a segment are needed in reverse order but produced in forward order, so a segment is
-    worked from register tiles ``[CKPT, BLOCK_N]``, as the CUDA kernel keeps per-thread arrays: the
-    segment's inputs (all loads in flight at once), the recomputed membranes (bit-identical to the
-    forward's, so both passes agree on every spike), then its output gradients (again all at once),
-    and the reverse sweep reads them back row by row. Nothing of size T * neurons is written but grad_x.
+    The h_t of a segment are needed in reverse order but produced in forward order, so a segment's
+    recomputed membranes (bit-identical to the forward's, so both passes agree on every spike) and its
+    output gradients (all loads in flight at once) are held in register tiles ``[CKPT, BLOCK_N]``, as
+    the CUDA kernel keeps per-thread arrays, and the reverse sweep reads them back row by row. Nothing of
+    size T * neurons is written but grad_x.
     """
     pid = tl.program_id(0)
     n, mask, x_off, gx_off = _neuron_offsets(pid, N, Q, T, stride_xp, stride_xq, BLOCK_N, FLAT)
@@ -278,24 +278,24 @@ def _lif_backward_kernel(
         t0 = c.to(tl.int64) * CKPT
         seg_len = tl.minimum(T - c * CKPT, CKPT)
 
-        # 1. the segment's inputs, then its membranes recomputed from the checkpoint
+        # 1. the segment's membranes recomputed from its checkpoint (no stores in this loop, so the
+        #    compiler issues the segment's loads of x ahead of the arithmetic)
         v = tl.load(v_ckpt_ptr + c.to(tl.int64) * N + n, mask=mask, other=0.0)
         i = tl.zeros([BLOCK_N], dtype=tl.float32)
         if SYN:
             i = tl.load(i_ckpt_ptr + c.to(tl.int64) * N + n, mask=mask, other=0.0)
         x_ptrs = x_ptr + x_off + t0 * stride_xt
-        xs = tl.zeros([CKPT, BLOCK_N], dtype=tl.float32)
-        for j in tl.static_range(CKPT):
-            x_j = tl.load(x_ptrs, mask=_mask_if(mask, j < seg_len), other=0.0).to(tl.float32)
-            xs = _put_row(xs, rows, j, x_j)
-            x_ptrs += stride_xt
         hs = tl.zeros([CKPT, BLOCK_N], dtype=tl.float32)
         for j in tl.static_range(CKPT):
-            h, i = _charge(v, i, _get_row(xs, rows, j), k, a_syn, v_rest, SYN, DECAY_INPUT)
+            x_j = tl.load(x_ptrs, mask=_mask_if(mask, j < seg_len), other=0.0).to(tl.float32)
+            x_ptrs += stride_xt
+            h, i = _charge(v, i, x_j, k, a_syn, v_rest, SYN, DECAY_INPUT)
             hs = _put_row(hs, rows, j, h)
             v = _reset(h, h >= v_threshold, v_threshold, v_reset, HARD_RESET)  # past T: never read
 
-        # 2. the segment's output gradients, then the reverse sweep
+        # 2. the segment's output gradients, all loaded before the sweep (its stores would otherwise
+        #    keep each load behind the previous step), then the reverse sweep; x_ptrs is one step past
+        #    the segment's end
         go_ptrs = grad_out_ptr + go_off + t0 * stride_gt
         gos = tl.zeros([CKPT, BLOCK_N], dtype=tl.float32)
         for j in tl.static_range(CKPT):
@@ -312,7 +312,8 @@ def _lif_backward_kernel(
             g = _surrogate_grad(h - v_threshold, alpha, SURROGATE)
 
             if GATED:
-                x_t = _get_row(xs, rows, j)
+                x_ptrs -= stride_xt
+                x_t = tl.load(x_ptrs, mask=_mask_if(mask, live), other=0.0).to(tl.float32)
                 gs = grad_out * tl.maximum(x_t, 0.0)
             else:
                 gs = grad_out
