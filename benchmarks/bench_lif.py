@@ -7,7 +7,9 @@ gradient). All libraries run the same neuron where the library allows (tau 2, th
 
 ==========================  ============================================================================
 bdh_cpp / bdh_reference     ``bdh_kernels.lif(x, tau_mem=2.0, backend=...)``
-spikingjelly                ``neuron.LIFNode(tau=2.0, step_mode="m")`` (reset() before each call)
+spikingjelly                ``neuron.LIFNode(tau=2.0, step_mode="m")`` (reset() before each call); on a GPU
+                            it runs its Triton kernel for fp32 input, and its PyTorch loop for bf16 input
+                            (its kernel needs a float32 membrane state, and the state takes x's dtype)
 snntorch_unbind             ``snntorch.Leaky(beta=0.5, reset_mechanism="zero")`` over ``x.unbind(0)``
 norse_lifbox_unbind         ``norse.torch.LIFBoxCell`` (dt * tau_mem_inv = 1/2) over ``x.unbind(0)``
 norse_lifcell_unbind        ``norse.torch.LIFCell`` with dt * tau_syn_inv = 1 (no current memory) over unbind

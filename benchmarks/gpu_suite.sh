@@ -8,7 +8,9 @@
 #   3. the GPU benchmarks: STDP, LIF (fp32 and bf16, every shape and sweep), the model tiers.
 #
 # Each part runs under its own time limit and all of them under DEADLINE seconds (default 3600), so one slow
-# part cannot starve the rest; each writes its log (and its benchmark JSON) into DIR as it finishes.
+# part cannot starve the rest; each writes its log (and its benchmark JSON) into DIR as it finishes. The
+# Triton LIF kernels take about half a minute to compile per dtype and option set, so a first run of the
+# Triton tests (dozens of option sets) needs minutes even with 8 workers; Triton's cache makes later runs fast.
 # Turn the JSONs into BENCHMARKS.md's tables afterwards, on any machine:
 #   python benchmarks/report.py DIR/lif_gpu.json; python benchmarks/bench_stdp.py DIR/stdp_gpu.json
 #   python benchmarks/bench_model.py DIR/model_gpu.json
@@ -64,7 +66,7 @@ log "build with TORCH_CUDA_ARCH_LIST=$TORCH_CUDA_ARCH_LIST, MAX_JOBS=$MAX_JOBS (
 (BDH_KERNELS_BUILD_CUDA=1 timeout 600 "$PYTHON" -m pip install --no-build-isolation --no-deps -e . >"$out/build.log" 2>&1
  echo $? >"$out/build.rc") &
 build=$!
-run tests_triton 300 "$PYTHON" -m pytest "${tests[@]}" -k triton -q -rs "${xdist[@]}"
+run tests_triton 900 "$PYTHON" -m pytest "${tests[@]}" -k triton -q -rs "${xdist[@]}"
 wait $build
 log "build: rc $(cat "$out/build.rc")"
 tail -n 5 "$out/build.log"

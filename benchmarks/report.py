@@ -164,12 +164,16 @@ FLOOR_TRAFFIC = 8    # elements per neuron-step the 4-clone floor moves: 4 reads
 def gpu_goal_lines(rows):
     """Issue 3's GPU goals for the fast backends, forward + backward, on shapes with B*N >= 2^22: at least 80%
     of the copy bandwidth (5 elements moved per neuron-step at the rate the same run's 4-clone floor moves 8)
-    and at least 1.5x SpikingJelly in the same dtype."""
+    and at least 1.5x SpikingJelly's fastest run of that shape, in any dtype of the run (SpikingJelly's
+    Triton kernel needs a float32 membrane state, so given bf16 input its LIFNode takes its PyTorch loop;
+    a user who wants speed feeds it fp32)."""
     by = {(r["dtype"], r["shape"], r["library"]): r for r in rows if r["device"] == "cuda" and r["mode"] == "fwd+bwd"}
     cases = sorted({(d, s) for d, s, _ in by if s[1] * s[2] >= GPU_MIN_NEURONS})
     out = []
     for dtype, shape in cases:
-        floor, sj = by.get((dtype, shape, "floor_4_clones")), by.get((dtype, shape, "spikingjelly"))
+        floor = by.get((dtype, shape, "floor_4_clones"))
+        sj_runs = [(r["median_s"], d) for (d, s, lib), r in by.items() if s == shape and lib == "spikingjelly"]
+        sj = min(sj_runs) if sj_runs else None
         for lib in ("bdh_triton", "bdh_cuda"):
             fast = by.get((dtype, shape, lib))
             if fast is None:
@@ -180,9 +184,9 @@ def gpu_goal_lines(rows):
                 out.append(f"- {'PASS' if share >= 0.8 else 'FALLS SHORT'}: {label} reaches {share:.0%} of the copy "
                            f"bandwidth (4 clones: {floor['median_s'] * 1e3:.2f} ms); goal >= 80%")
             if sj:
-                speedup = sj["median_s"] / fast["median_s"]
-                out.append(f"- {'PASS' if speedup >= 1.5 else 'FALLS SHORT'}: {label} is {speedup:.2f}x SpikingJelly "
-                           f"({sj['median_s'] * 1e3:.2f} ms); goal >= 1.5x")
+                speedup = sj[0] / fast["median_s"]
+                out.append(f"- {'PASS' if speedup >= 1.5 else 'FALLS SHORT'}: {label} is {speedup:.2f}x SpikingJelly's "
+                           f"fastest ({sj[1]}, {sj[0] * 1e3:.2f} ms); goal >= 1.5x")
     if out:
         out = ["## GPU goals of issue 3 (fast backends, forward + backward, B*N >= 2^22)", ""] + out + [""]
     return out

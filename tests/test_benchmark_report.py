@@ -56,8 +56,15 @@ def test_gpu_goal_lines_use_the_same_runs_floor_and_spikingjelly():
     rows = [row("floor_4_clones", 8.0), row("bdh_triton", 6.0), row("bdh_cuda", 4.0), row("spikingjelly", 8.0)]
     lines = "\n".join(report.gpu_goal_lines(rows))
     assert "PASS: bdh_triton fwd+bwd bfloat16 [128, 32, 131072] 6.00 ms reaches 83% of the copy bandwidth" in lines
-    assert "FALLS SHORT: bdh_triton fwd+bwd bfloat16 [128, 32, 131072] 6.00 ms is 1.33x SpikingJelly" in lines
+    assert "FALLS SHORT: bdh_triton fwd+bwd bfloat16 [128, 32, 131072] 6.00 ms is 1.33x SpikingJelly's fastest " \
+           "(bfloat16, 8.00 ms)" in lines
     assert "PASS: bdh_cuda fwd+bwd bfloat16 [128, 32, 131072] 4.00 ms reaches 125%" in lines
+    # SpikingJelly's fastest run of the shape counts, whatever its dtype
+    faster_in_fp32 = dict(row("spikingjelly", 5.0), dtype="float32")
+    lines = "\n".join(report.gpu_goal_lines(rows + [faster_in_fp32]))
+    assert "PASS: bdh_cuda fwd+bwd bfloat16 [128, 32, 131072] 4.00 ms is 1.25x SpikingJelly's fastest" not in lines
+    assert "FALLS SHORT: bdh_cuda fwd+bwd bfloat16 [128, 32, 131072] 4.00 ms is 1.25x SpikingJelly's fastest " \
+           "(float32, 5.00 ms)" in lines
     small = [dict(r, shape=(128, 8, 4096)) for r in rows]
     assert report.gpu_goal_lines(small) == []  # below 2^22 neurons the goals do not apply
 
