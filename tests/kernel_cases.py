@@ -39,6 +39,17 @@ def compiled_kernels(*kernels) -> int:
     return sum(len(k.device_caches[device][0]) for k in kernels)
 
 
+def unspecialised_args(kernel):
+    """``(names never specialised, names not specialised on divisibility)`` of a Triton kernel: its jit
+    settings, read alike from a compiled kernel and from one made by the interpreter."""
+    settings = getattr(kernel, "kwargs", None)  # the interpreter keeps the jit's keyword arguments
+    if settings is None:
+        settings = {"do_not_specialize": kernel.do_not_specialize,
+                    "do_not_specialize_on_alignment": kernel.do_not_specialize_on_alignment}
+    return (set(settings.get("do_not_specialize") or ()),
+            set(settings.get("do_not_specialize_on_alignment") or ()))
+
+
 def run_with_isa(isa: str, script: str) -> subprocess.CompletedProcess:
     """Runs ``python -c script`` with the cpp kernels capped at instruction set ``isa``
     (``BDH_KERNELS_CPU_ISA``: the choice is made once per process)."""

@@ -16,7 +16,8 @@ import torch
 import bdh_kernels
 from bdh_kernels import backends, reference
 from bdh_kernels.lif import CHECKPOINT_EVERY
-from kernel_cases import BACKEND_DEVICE, HAS_CUDA, compiled_kernels, contiguous, rel_err, sliced, transposed
+from kernel_cases import (BACKEND_DEVICE, HAS_CUDA, compiled_kernels, contiguous, rel_err, sliced, transposed,
+                          unspecialised_args)
 
 # the module, not the function `bdh_kernels.lif` that the package exports under the same name
 lif_module = importlib.import_module("bdh_kernels.lif")
@@ -263,6 +264,19 @@ def test_fp64_backward_is_the_reference_autograd(surrogate, options):
     i_init = make_input((3, 5), torch.float64, seed=15, scale=0.5, shift=0.0) if "tau_syn" in options else None
     check_against_reference("cpp", x, surrogate=surrogate, alpha=alpha, v_init=v_init, i_init=i_init,
                             return_state=True, **options)
+
+
+def test_triton_lif_leaves_the_t_dependent_arguments_unspecialised():
+    """Without a GPU, the settings behind the next test: T, the checkpoint count and the strides that can
+    depend on T (P's is T * Q for time-first input, Q's is T for time-last input) are not specialised
+    (Triton specialises integers on equality to 1 and divisibility by 16, which change with T)."""
+    from bdh_kernels.triton import lif as kernels
+
+    for kernel, strides in ((kernels._lif_forward_kernel, {"stride_xp", "stride_xq"}),
+                            (kernels._lif_backward_kernel, {"stride_xp", "stride_xq", "stride_gp", "stride_gq"})):
+        never, not_on_alignment = unspecialised_args(kernel)
+        assert {"T", "num_ckpt"} <= never
+        assert strides <= never | not_on_alignment
 
 
 @pytest.mark.skipif(not HAS_CUDA, reason="Triton compiles only for a GPU (the interpreter keeps no compiled kernels)")

@@ -13,7 +13,7 @@ import torch
 import bdh_kernels
 from bdh_kernels import backends, reference
 from kernel_cases import (BACKEND_DEVICE, HAS_CUDA, compiled_kernels, contiguous, rel_err, same_output_on_every_isa,
-                          sliced, transposed)
+                          sliced, transposed, unspecialised_args)
 
 stdp_module = importlib.import_module("bdh_kernels.stdp")
 
@@ -165,6 +165,17 @@ def test_stdp_update_on_each_backend(backend):
     ref_dw, ref_state = reference.stdp_update(pre, post, 4.0, 6.0, 0.3, 0.2)
     assert rel_err(dw, ref_dw) <= 1e-5  # fp32 sums in another order (one GEMM vs per-step products)
     assert torch.equal(state.pre, ref_state[0]) and torch.equal(state.post, ref_state[1])
+
+
+def test_triton_traces_leave_the_t_dependent_arguments_unspecialised():
+    """Without a GPU, the settings behind the next test (see the LIF kernels' twin of this test)."""
+    from bdh_kernels.triton import stdp as kernels
+
+    for kernel, strides in ((kernels._trace_forward_kernel, {"stride_xp", "stride_xq"}),
+                            (kernels._trace_backward_kernel, {"stride_gp", "stride_gq"})):
+        never, not_on_alignment = unspecialised_args(kernel)
+        assert "T" in never
+        assert strides <= never | not_on_alignment
 
 
 @pytest.mark.skipif(not HAS_CUDA, reason="Triton compiles only for a GPU (the interpreter keeps no compiled kernels)")
