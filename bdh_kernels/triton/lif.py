@@ -354,8 +354,9 @@ def _f32(value: float) -> float:
 
 
 @functools.lru_cache(maxsize=None)
-def _sm_count(device_index: int) -> int:
-    return torch.cuda.get_device_properties(device_index).multi_processor_count
+def _sm_count(device: torch.device) -> int:
+    """Multiprocessors of CUDA ``device`` (a tensor's device, which always has an index)."""
+    return torch.cuda.get_device_properties(device).multi_processor_count
 
 
 def _launch_config(num_neurons: int, device: torch.device):
@@ -369,7 +370,7 @@ def _launch_config(num_neurons: int, device: torch.device):
     """
     if device.type != "cuda":
         return 64, 1
-    sms = _sm_count(device.index if device.index is not None else torch.cuda.current_device())
+    sms = _sm_count(device)
     warps = 4
     while warps > 1 and num_neurons < 2 * sms * 32 * warps:
         warps //= 2

@@ -111,7 +111,7 @@ def _launch_config(num_neurons: int, device: torch.device):
     """
     if device.type != "cuda":
         return 64, 1
-    sms = _sm_count(device.index if device.index is not None else torch.cuda.current_device())
+    sms = _sm_count(device)
     block = triton.next_power_of_2(max(1, -(-num_neurons // (2 * sms))))
     block = max(32, min(512, block))
     return block, max(1, min(4, block // 128))
