@@ -14,7 +14,7 @@
 
 namespace bdh {
 
-constexpr int64_t kBlock = 64;  // neurons per task: 256 B of fp32 state per array, a few cache lines
+constexpr int64_t kBlock = 64;  // the narrowest window and the unit of window widths: 256 B of fp32 per row
 
 // One task's neurons: a [T, nb] window of the [P, T, Q] view.
 struct Window {
@@ -32,6 +32,18 @@ void for_each_window(int64_t P, int64_t Q, F&& fn, int64_t block = kBlock) {
       fn(Window{p, q0, std::min(block, Q - q0), p * Q + q0});
     }
   });
+}
+
+// Window width for a [P, T, Q] view: about four windows per thread, rounded to kBlock neurons, between
+// kBlock and max_block, never wider than a view row. Wide windows matter: a window's step touches nb
+// contiguous elements and the next step is a whole view row further, so narrow windows (256 B per step, a
+// new page every step) leave the hardware prefetcher idle and miss the TLB on every row.
+inline int64_t window_width(int64_t P, int64_t Q, int64_t max_block) {
+  const int64_t tasks = 4 * static_cast<int64_t>(at::get_num_threads());
+  const int64_t per_task = (P * Q + tasks - 1) / tasks;
+  int64_t b = (per_task + kBlock - 1) / kBlock * kBlock;
+  b = std::min(std::max(b, kBlock), max_block);
+  return std::min(b, (Q + kBlock - 1) / kBlock * kBlock);
 }
 
 template <typename T>

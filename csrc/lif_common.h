@@ -163,10 +163,17 @@ struct ForwardOutputs {
   }
 };
 
-inline ForwardOutputs allocate_forward(const at::Tensor& x, bool syn) {
+// The per-step output is allocated by empty_steps (the CPU backend faults its pages in first:
+// cpu_alloc.h).
+using EmptyFn = at::Tensor (*)(at::IntArrayRef, const at::TensorOptions&);
+inline at::Tensor plain_empty(at::IntArrayRef sizes, const at::TensorOptions& options) {
+  return at::empty(sizes, options);
+}
+
+inline ForwardOutputs allocate_forward(const at::Tensor& x, bool syn, EmptyFn empty_steps = plain_empty) {
   const int64_t P = x.size(0), T = x.size(1), Q = x.size(2), M = P * Q, C = num_checkpoints(T);
   auto so = x.options().dtype(state_type(x.scalar_type()));
-  return {at::empty({P, T, Q}, x.options()), at::empty({M}, so), at::empty({syn ? M : 0}, so),
+  return {empty_steps({P, T, Q}, x.options()), at::empty({M}, so), at::empty({syn ? M : 0}, so),
           at::empty({C, M}, so), at::empty({syn ? C : 0, syn ? M : 0}, so)};
 }
 

@@ -2,16 +2,20 @@
 // the neuron loop vectorised (the kernels themselves are in lif_cpu_kernels.h, compiled for SSE2, AVX2
 // and AVX-512).
 //
-// Each task owns kBlock contiguous neurons and walks t forward with their membranes in a small array
-// (L1-resident). The backward walks the 32-step segments from last to first: it reloads a segment's
-// checkpoint, recomputes the segment's membranes h_t into a 32 x kBlock buffer (8 KiB in fp32), then runs
-// the reverse sweep over it. So the op saves only the checkpoints, and the input is read twice in
-// backward, the second time from cache.
+// Each task owns a window of up to kMaxLifBlock contiguous neurons and walks t forward with their
+// membranes in a small array (L1-resident). The backward walks the 32-step segments from last to first:
+// it reloads a segment's checkpoint, recomputes the segment's membranes h_t into a 32 x nb buffer (64 KiB
+// in fp32 at 512 neurons, L2-resident), then runs the reverse sweep over it. So the op saves only the
+// checkpoints, and the input is read twice in backward, the second time from cache. The outputs are
+// faulted in before the kernels run (cpu_alloc.h).
+#include <vector>
+
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include "cpu_alloc.h"
 #include "cpu_isa.h"
 #include "cpu_windows.h"
 #include "lif_common.h"
@@ -22,6 +26,11 @@ namespace {
 // The window kernels, compiled for SSE2, AVX2 and AVX-512 (cpu_isa.h). On [128, 32, 4096] fwd+bwd the
 // AVX-512 build measures within noise of the AVX2 one (BENCHMARKS.md): these loops wait on memory more
 // than on arithmetic.
+//
+// Window width: up to 512 neurons (cpu_windows.h). Measured on 2 cores, fp32 fwd / bwd with fresh outputs:
+// [128, 32, 4096] 13.1 / 19.6 ms at 512 against 17.6 / 26.8 ms at 64; [512, 32, 4096] 54 / 90 against
+// 103 / 118; 1024-4096 no better.
+constexpr int64_t kMaxLifBlock = 512;
 #define BDH_CPU_KERNELS "lif_cpu_kernels.h"
 #include "cpu_isa_instantiate.h"
 
@@ -40,7 +49,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> lif_forwa
   const int64_t M = x.size(0) * x.size(2);
   check_state(v_init, x, M, "v_init");
   check_state(i_init, x, M, "i_init");
-  ForwardOutputs o = allocate_forward(x, tau_syn.has_value());
+  ForwardOutputs o = allocate_forward(x, tau_syn.has_value(), empty_prefaulted);
   if (M == 0) return o.tuple();
   const bool unit = x.stride(2) == 1 || x.size(2) == 1;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "lif_forward_cpu", [&] {
@@ -53,7 +62,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> lif_forwa
       auto run = unit ? forward_for<scalar_t, T, true>() : forward_for<scalar_t, T, false>();
       run(w, x, p, v0, i0, o.out.mutable_data_ptr<scalar_t>(), o.v_final.mutable_data_ptr<T>(), i_final,
           o.v_ckpt.mutable_data_ptr<T>(), i_ckpt);
-    });
+    }, window_width(x.size(0), x.size(2), kMaxLifBlock));
   });
   return o.tuple();
 }
@@ -95,7 +104,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> lif_backward_cpu(
   TORCH_CHECK(!syn || (i_ckpt.sizes() == v_ckpt.sizes() && i_ckpt.is_contiguous()),
               "i_ckpt must be the forward's checkpoints");
   auto so = x.options().dtype(state_type(x.scalar_type()));
-  at::Tensor grad_x = at::empty({P, T_, Q}, x.options());
+  at::Tensor grad_x = empty_prefaulted({P, T_, Q}, x.options());
   at::Tensor grad_v_init = at::empty({M}, so), grad_i_init = at::empty({syn ? M : 0}, so);
   if (M == 0) return {grad_x, grad_v_init, grad_i_init};
   const bool unit = (x.stride(2) == 1 && grad_out.stride(2) == 1) || Q == 1;
@@ -108,7 +117,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> lif_backward_cpu(
     for_each_window(P, Q, [&](const Window& w) {
       run(w, grad_out, x, p, optional_ptr<T>(grad_v), optional_ptr<T>(grad_i), v_ckpt.const_data_ptr<T>(),
           i_ck, grad_x.mutable_data_ptr<scalar_t>(), grad_v_init.mutable_data_ptr<T>(), gi0);
-    });
+    }, window_width(P, Q, kMaxLifBlock));
   });
   return {grad_x, grad_v_init, grad_i_init};
 }

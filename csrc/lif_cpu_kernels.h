@@ -1,6 +1,6 @@
 // The LIF window kernels of lif_cpu.cpp. Deliberately without include guard or includes: lif_cpu.cpp
 // compiles this file three times, for three instruction sets (cpu_isa_instantiate.h).
-// Needs cpu_windows.h and lif_common.h included before.
+// Needs cpu_windows.h, lif_common.h and <vector> included and kMaxLifBlock (the widest window) defined before.
 
 // A window reads only nb neurons (a few cache lines) of each time step, and consecutive steps are a whole
 // row apart, which the hardware prefetcher does not follow: without these hints the loops wait on memory.
@@ -19,7 +19,7 @@ void forward_window(const Window& w, const at::Tensor& x, const LifStep<T> p, co
   const int64_t sQ = kUnitStride ? 1 : x.stride(2);
   const scalar_t* xw = x.const_data_ptr<scalar_t>() + w.p * x.stride(0) + w.q0 * x.stride(2);
   scalar_t* ow = out + w.p * T_ * Q + w.q0;
-  T v[kBlock], i[kBlock];
+  T v[kMaxLifBlock], i[kMaxLifBlock];
   for (int64_t j = 0; j < w.nb; ++j) {
     v[j] = v_init ? v_init[w.n0 + j] : p.v_rest;
     i[j] = i_init ? i_init[w.n0 + j] : T(0);
@@ -58,8 +58,8 @@ void backward_window(const Window& w, const at::Tensor& grad_out, const at::Tens
   const scalar_t* xw = x.const_data_ptr<scalar_t>() + w.p * x.stride(0) + w.q0 * x.stride(2);
   const scalar_t* gw = grad_out.const_data_ptr<scalar_t>() + w.p * grad_out.stride(0) + w.q0 * grad_out.stride(2);
   scalar_t* gxw = grad_x + w.p * T_ * Q + w.q0;
-  T gv[kBlock], gi[kBlock], v[kBlock], i[kBlock];
-  T h_seg[kCheckpointEvery][kBlock];
+  T gv[kMaxLifBlock], gi[kMaxLifBlock], v[kMaxLifBlock], i[kMaxLifBlock];
+  std::vector<T> h_buf(kCheckpointEvery * w.nb);
   for (int64_t j = 0; j < w.nb; ++j) {
     gv[j] = grad_v ? grad_v[w.n0 + j] : T(0);
     gi[j] = grad_i ? grad_i[w.n0 + j] : T(0);
@@ -72,7 +72,7 @@ void backward_window(const Window& w, const at::Tensor& grad_out, const at::Tens
     }
     for (int64_t t = t0; t < t1; ++t) {  // recompute the segment's membranes, exactly as the forward
       const scalar_t* xt = xw + t * sT;
-      T* ht = h_seg[t - t0];
+      T* ht = h_buf.data() + (t - t0) * w.nb;
       if (kUnitStride) {  // this segment's grad_out for the sweep below; x a few steps ahead
         prefetch_row(gw + t * gT, w.nb);
         if (t + kPrefetchSteps < t1) prefetch_row(xt + kPrefetchSteps * sT, w.nb);
@@ -91,7 +91,7 @@ void backward_window(const Window& w, const at::Tensor& grad_out, const at::Tens
       const scalar_t* xt = xw + t * sT;
       const scalar_t* gt = gw + t * gT;
       scalar_t* gxt = gxw + t * Q;
-      const T* ht = h_seg[t - t0];
+      const T* ht = h_buf.data() + (t - t0) * w.nb;
       if (kUnitStride && t >= kCheckpointEvery) prefetch_row(xt - kCheckpointEvery * sT, w.nb);  // next segment
 #pragma omp simd
       for (int64_t j = 0; j < w.nb; ++j) {

@@ -41,10 +41,11 @@ inline void check_trace_input(const at::Tensor& x, const char* name, double tau)
   TORCH_CHECK(std::isfinite(tau) && tau >= 1.0, "tau must be finite and >= 1, got ", tau);
 }
 
-// (per-step output [P, T, Q] contiguous in x's dtype, per-neuron [P*Q] in the state dtype)
-inline std::tuple<at::Tensor, at::Tensor> allocate_trace_outputs(const at::Tensor& x) {
+// (per-step output [P, T, Q] contiguous in x's dtype, allocated by empty_steps as in allocate_forward;
+// per-neuron [P*Q] in the state dtype)
+inline std::tuple<at::Tensor, at::Tensor> allocate_trace_outputs(const at::Tensor& x, EmptyFn empty_steps = plain_empty) {
   const int64_t P = x.size(0), T = x.size(1), Q = x.size(2);
-  return {at::empty({P, T, Q}, x.options()), at::empty({P * Q}, x.options().dtype(state_type(x.scalar_type())))};
+  return {empty_steps({P, T, Q}, x.options()), at::empty({P * Q}, x.options().dtype(state_type(x.scalar_type())))};
 }
 
 }  // namespace bdh

@@ -9,28 +9,17 @@
 #include <ATen/OpMathType.h>
 #include <torch/library.h>
 
+#include "cpu_alloc.h"
 #include "cpu_windows.h"
 #include "stdp_common.h"
 
 namespace bdh {
 namespace {
 
-// Window width. The scan holds one running value per neuron, so unlike the LIF kernels (whose backward
-// buffers 32 x kBlock membranes) it can take wide windows, and it must: a window's step touches nb
-// contiguous elements and the next step is a whole view row (Q elements) further, so 64-neuron windows
-// (256 B per step, a new page every step) leave the hardware prefetcher idle. Measured on 2 cores, fp32
-// [1, 64, 32768], two scans with fresh outputs: 5.5 ms with 64-neuron windows, 2.3 ms with 512-4096.
-// So: about four windows per thread, rounded to 64 neurons, between kBlock and kMaxTraceBlock (8 KiB of
-// fp32 state), never wider than a view row.
+// Window width (cpu_windows.h). The scan holds one running value per neuron, so windows can be as wide
+// as 8 KiB of fp32 state. Measured on 2 cores, fp32 [1, 64, 32768], two scans with fresh outputs: 5.5 ms
+// with 64-neuron windows, 2.3 ms with 512-4096.
 constexpr int64_t kMaxTraceBlock = 2048;
-
-int64_t trace_block(int64_t P, int64_t Q) {
-  const int64_t tasks = 4 * static_cast<int64_t>(at::get_num_threads());
-  const int64_t per_task = (P * Q + tasks - 1) / tasks;
-  int64_t b = (per_task + kBlock - 1) / kBlock * kBlock;
-  b = std::min(std::max(b, kBlock), kMaxTraceBlock);
-  return std::min(b, (Q + kBlock - 1) / kBlock * kBlock);
-}
 
 // kUnitStride: the input has stride 1 along the neurons, so loads are contiguous and vectorise.
 // The step is passed by value (a copy in registers, not a pointer the vectoriser must assume aliased).
@@ -83,7 +72,7 @@ std::tuple<at::Tensor, at::Tensor> stdp_trace_forward_cpu(const at::Tensor& spik
   check_trace_input(spikes, "spikes", tau);
   const int64_t M = spikes.size(0) * spikes.size(2);
   check_state(trace_init, spikes, M, "trace_init");
-  auto [out, final_trace] = allocate_trace_outputs(spikes);
+  auto [out, final_trace] = allocate_trace_outputs(spikes, empty_prefaulted);
   if (M == 0) return {out, final_trace};
   const bool unit = spikes.stride(2) == 1 || spikes.size(2) == 1;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, spikes.scalar_type(), "stdp_trace_forward_cpu", [&] {
@@ -94,7 +83,7 @@ std::tuple<at::Tensor, at::Tensor> stdp_trace_forward_cpu(const at::Tensor& spik
     scalar_t* o = out.mutable_data_ptr<scalar_t>();
     T* f = final_trace.mutable_data_ptr<T>();
     for_each_window(spikes.size(0), spikes.size(2), [&](const Window& w) { run(w, spikes, step, init, o, f); },
-                    trace_block(spikes.size(0), spikes.size(2)));
+                    window_width(spikes.size(0), spikes.size(2), kMaxTraceBlock));
   });
   return {out, final_trace};
 }
@@ -104,7 +93,7 @@ std::tuple<at::Tensor, at::Tensor> stdp_trace_backward_cpu(const at::Tensor& gra
   check_trace_input(grad_traces, "grad_traces", tau);
   const int64_t M = grad_traces.size(0) * grad_traces.size(2);
   check_state(grad_final, grad_traces, M, "grad_final");
-  auto [grad_x, grad_init] = allocate_trace_outputs(grad_traces);
+  auto [grad_x, grad_init] = allocate_trace_outputs(grad_traces, empty_prefaulted);
   if (M == 0) return {grad_x, grad_init};
   const bool unit = grad_traces.stride(2) == 1 || grad_traces.size(2) == 1;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad_traces.scalar_type(), "stdp_trace_backward_cpu", [&] {
@@ -116,7 +105,7 @@ std::tuple<at::Tensor, at::Tensor> stdp_trace_backward_cpu(const at::Tensor& gra
     T* gi = grad_init.mutable_data_ptr<T>();
     for_each_window(grad_traces.size(0), grad_traces.size(2),
                     [&](const Window& w) { run(w, grad_traces, step, gf, o, gi); },
-                    trace_block(grad_traces.size(0), grad_traces.size(2)));
+                    window_width(grad_traces.size(0), grad_traces.size(2), kMaxTraceBlock));
   });
   return {grad_x, grad_init};
 }

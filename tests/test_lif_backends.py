@@ -266,6 +266,18 @@ def test_fp64_backward_is_the_reference_autograd(surrogate, options):
                             return_state=True, **options)
 
 
+@pytest.mark.parametrize("shape,time_dim", [((70, 3, 5003), 0), ((3, 70, 5003), 1)], ids=["P1", "P3"])
+def test_cpp_wide_windows_and_large_outputs(shape, time_dim):
+    """The cpp kernels' 512-neuron windows with a short last one in each view row, over several
+    checkpoint segments, and outputs over 4 MiB (faulted in on huge pages before the kernels write them:
+    csrc/cpu_alloc.h)."""
+    if backends.unavailable_reason("cpp", torch.device("cpu")):
+        pytest.skip(backends.unavailable_reason("cpp", torch.device("cpu")))
+    x = make_input(shape)
+    assert x.numel() * x.element_size() > 4 << 20
+    check_against_reference("cpp", x, time_dim=time_dim, tau_syn=2.0, return_state=True)
+
+
 def test_triton_lif_leaves_the_t_dependent_arguments_unspecialised():
     """Without a GPU, the settings behind the next test: T, the checkpoint count and the strides that can
     depend on T (P's is T * Q for time-first input, Q's is T for time-last input) are not specialised

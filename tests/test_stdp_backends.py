@@ -108,6 +108,15 @@ def test_fp64_on_cpp():
     check_against_reference("cpp", spikes_of((65, 4, 6), torch.float64, graded=True), trace_init=init, tau=7.0)
 
 
+def test_cpp_large_outputs():
+    """Traces over 4 MiB: the cpp op faults its outputs in on huge pages first (csrc/cpu_alloc.h)."""
+    if backends.unavailable_reason("cpp", torch.device("cpu")):
+        pytest.skip(backends.unavailable_reason("cpp", torch.device("cpu")))
+    spikes = spikes_of((70, 3, 5003), graded=True)
+    assert spikes.numel() * spikes.element_size() > 4 << 20
+    check_against_reference("cpp", spikes, tau=5.0)
+
+
 def test_expanded_grad(backend):
     """``traces.sum()`` sends a zero-stride gradient into the backward."""
     x = spikes_of((33, 19), seed=2, device=BACKEND_DEVICE[backend])
