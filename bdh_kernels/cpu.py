@@ -1,4 +1,5 @@
-"""CPU floating-point mode for spiking training: flush subnormal numbers to zero on every thread.
+"""CPU settings for spiking training: flush subnormal numbers to zero on every thread; release the cpp
+ops' cache of output buffers.
 
 The LIF backward multiplies the membrane gradient by ``(1 - 1/tau_mem)`` per step (and the STDP trace
 backward by ``1 - 1/tau``), so along silent stretches it decays into subnormal floats; CPU arithmetic on
@@ -27,3 +28,16 @@ def flush_denormal(on: bool = True) -> bool:
         return bool(torch.ops.bdh.flush_denormal(on))
     warnings.warn(f"flush_denormal: only the calling thread is set ({backends.extension_error()})", stacklevel=2)
     return torch.set_flush_denormal(on)
+
+
+def empty_cache() -> int:
+    """Free the buffers the cpp ops keep for their next large outputs; returns the bytes released.
+
+    The cpp LIF and STDP trace ops take their per-step outputs of 4 MiB and more from a cache that keeps
+    freed output buffers with their pages mapped, so a training loop does not page-fault every output in
+    again each step (the CUDA caching allocator does the same on the GPU). It holds at most
+    ``BDH_KERNELS_CPU_CACHE_MB`` MiB (default 1024; 0 turns it off). Returns 0 without the extension.
+    """
+    if backends.extension_error() is not None:
+        return 0
+    return int(torch.ops.bdh.empty_cpu_output_cache())

@@ -163,8 +163,8 @@ struct ForwardOutputs {
   }
 };
 
-// The per-step output is allocated by empty_steps (the CPU backend faults its pages in first:
-// cpu_alloc.h).
+// The per-step output is allocated by empty_steps (the CPU backend takes it from a cache of output
+// buffers: cpu_output_cache.h).
 using EmptyFn = at::Tensor (*)(at::IntArrayRef, const at::TensorOptions&);
 inline at::Tensor plain_empty(at::IntArrayRef sizes, const at::TensorOptions& options) {
   return at::empty(sizes, options);

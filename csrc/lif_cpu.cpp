@@ -6,8 +6,8 @@
 // membranes in a small array (L1-resident). The backward walks the 32-step segments from last to first:
 // it reloads a segment's checkpoint, recomputes the segment's membranes h_t into a 32 x nb buffer (64 KiB
 // in fp32 at 512 neurons, L2-resident), then runs the reverse sweep over it. So the op saves only the
-// checkpoints, and the input is read twice in backward, the second time from cache. The outputs are
-// faulted in before the kernels run (cpu_alloc.h).
+// checkpoints, and the input is read twice in backward, the second time from cache. The per-step
+// outputs come from a cache of buffers whose pages stay mapped (cpu_output_cache.h).
 #include <vector>
 
 #include <ATen/Dispatch.h>
@@ -15,7 +15,7 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
-#include "cpu_alloc.h"
+#include "cpu_output_cache.h"
 #include "cpu_isa.h"
 #include "cpu_windows.h"
 #include "lif_common.h"
@@ -49,7 +49,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> lif_forwa
   const int64_t M = x.size(0) * x.size(2);
   check_state(v_init, x, M, "v_init");
   check_state(i_init, x, M, "i_init");
-  ForwardOutputs o = allocate_forward(x, tau_syn.has_value(), empty_prefaulted);
+  ForwardOutputs o = allocate_forward(x, tau_syn.has_value(), empty_output);
   if (M == 0) return o.tuple();
   const bool unit = x.stride(2) == 1 || x.size(2) == 1;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "lif_forward_cpu", [&] {
@@ -104,7 +104,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> lif_backward_cpu(
   TORCH_CHECK(!syn || (i_ckpt.sizes() == v_ckpt.sizes() && i_ckpt.is_contiguous()),
               "i_ckpt must be the forward's checkpoints");
   auto so = x.options().dtype(state_type(x.scalar_type()));
-  at::Tensor grad_x = empty_prefaulted({P, T_, Q}, x.options());
+  at::Tensor grad_x = empty_output({P, T_, Q}, x.options());
   at::Tensor grad_v_init = at::empty({M}, so), grad_i_init = at::empty({syn ? M : 0}, so);
   if (M == 0) return {grad_x, grad_v_init, grad_i_init};
   const bool unit = (x.stride(2) == 1 && grad_out.stride(2) == 1) || Q == 1;

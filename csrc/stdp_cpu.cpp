@@ -9,7 +9,7 @@
 #include <ATen/OpMathType.h>
 #include <torch/library.h>
 
-#include "cpu_alloc.h"
+#include "cpu_output_cache.h"
 #include "cpu_windows.h"
 #include "stdp_common.h"
 
@@ -72,7 +72,7 @@ std::tuple<at::Tensor, at::Tensor> stdp_trace_forward_cpu(const at::Tensor& spik
   check_trace_input(spikes, "spikes", tau);
   const int64_t M = spikes.size(0) * spikes.size(2);
   check_state(trace_init, spikes, M, "trace_init");
-  auto [out, final_trace] = allocate_trace_outputs(spikes, empty_prefaulted);
+  auto [out, final_trace] = allocate_trace_outputs(spikes, empty_output);
   if (M == 0) return {out, final_trace};
   const bool unit = spikes.stride(2) == 1 || spikes.size(2) == 1;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, spikes.scalar_type(), "stdp_trace_forward_cpu", [&] {
@@ -93,7 +93,7 @@ std::tuple<at::Tensor, at::Tensor> stdp_trace_backward_cpu(const at::Tensor& gra
   check_trace_input(grad_traces, "grad_traces", tau);
   const int64_t M = grad_traces.size(0) * grad_traces.size(2);
   check_state(grad_final, grad_traces, M, "grad_final");
-  auto [grad_x, grad_init] = allocate_trace_outputs(grad_traces, empty_prefaulted);
+  auto [grad_x, grad_init] = allocate_trace_outputs(grad_traces, empty_output);
   if (M == 0) return {grad_x, grad_init};
   const bool unit = grad_traces.stride(2) == 1 || grad_traces.size(2) == 1;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad_traces.scalar_type(), "stdp_trace_backward_cpu", [&] {

@@ -1,5 +1,5 @@
-"""bdh_kernels.cpu.flush_denormal: the flush-to-zero mode reaches every intra-op thread; the cpp ops'
-huge-page switch changes no result."""
+"""bdh_kernels.cpu: the flush-to-zero mode reaches every intra-op thread; the cpp ops' cache of large
+output buffers reuses them, releases them, and changes no result."""
 import os
 import subprocess
 import sys
@@ -7,9 +7,9 @@ import sys
 import pytest
 import torch
 
+import bdh_kernels
 from bdh_kernels import backends
-
-from bdh_kernels.cpu import flush_denormal
+from bdh_kernels.cpu import empty_cache, flush_denormal
 
 
 def test_flush_denormal_reaches_every_intra_op_thread():
@@ -29,23 +29,71 @@ def test_flush_denormal_wants_a_bool():
         flush_denormal(1)
 
 
+
+def needs_cpp():
+    reason = backends.unavailable_reason("cpp", torch.device("cpu"))
+    if reason:
+        pytest.skip(reason)
+
+
+LARGE = (70, 3, 5003)  # 4.2 MB in fp32: over the cache's 4 MiB minimum
+
+
+def test_a_freed_output_buffer_is_reused_and_released():
+    needs_cpp()
+    x = torch.randn(LARGE)
+    empty_cache()
+    out = bdh_kernels.lif(x, tau_mem=2.0, backend="cpp")
+    address = out.data_ptr()
+    del out
+    again = bdh_kernels.lif(x, tau_mem=2.0, backend="cpp")
+    assert again.data_ptr() == address
+    del again
+    assert empty_cache() >= x.numel() * x.element_size()
+    assert empty_cache() == 0
+
+
+def test_cached_outputs_are_ordinary_tensors():
+    needs_cpp()
+    x = torch.randn(LARGE)
+    out = bdh_kernels.lif(x, tau_mem=2.0, backend="cpp")
+    expected = out.clone()
+    out.resize_(2 * x.numel())  # the storage is resizable (a new buffer, contents kept)
+    assert torch.equal(out[: x.numel()].view(LARGE), expected)
+    out.resize_(10)
+    assert out.shape == (10,)
+
+
+def test_a_bad_cache_size_is_a_clear_error():
+    needs_cpp()
+    env = dict(os.environ, BDH_KERNELS_CPU_CACHE_MB="lots")
+    code = "import torch, bdh_kernels; bdh_kernels.lif(torch.randn(70, 3, 5003), tau_mem=2.0, backend='cpp')"
+    run = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert run.returncode != 0 and "BDH_KERNELS_CPU_CACHE_MB must be a whole number" in run.stderr
+
+
 _LARGE_OUTPUTS_DIGEST = """
 import hashlib, torch, bdh_kernels
-x = torch.randn(70, 3, 5003, generator=torch.Generator().manual_seed(0)).requires_grad_()
-out = bdh_kernels.lif(x, tau_mem=2.0, backend="cpp")
-traces = bdh_kernels.stdp_traces(out, tau=4.0, backend="cpp")[0]
-(grad,) = torch.autograd.grad((out + traces).sum(), x)
-print(hashlib.sha256(b"".join(t.detach().numpy().tobytes() for t in (out, traces, grad))).hexdigest())
+digest = hashlib.sha256()
+gen = torch.Generator().manual_seed(0)
+for _ in range(3):  # a new input each step, so a reused buffer holds the previous step's values
+    x = torch.randn(70, 3, 5003, generator=gen).requires_grad_()
+    out = bdh_kernels.lif(x, tau_mem=2.0, backend="cpp")
+    traces = bdh_kernels.stdp_traces(out, tau=4.0, backend="cpp")[0]
+    (grad,) = torch.autograd.grad((out + traces).sum(), x)
+    for t in (out, traces, grad):
+        digest.update(t.detach().numpy().tobytes())
+print(digest.hexdigest())
 """
 
 
-def test_hugepages_switch_changes_no_result():
-    """BDH_KERNELS_HUGEPAGES=0 only changes how the outputs over 4 MiB are allocated (csrc/cpu_alloc.h)."""
-    if backends.unavailable_reason("cpp", torch.device("cpu")):
-        pytest.skip(backends.unavailable_reason("cpp", torch.device("cpu")))
+def test_the_cache_changes_no_result():
+    """Outputs from reused buffers (several steps, so buffers come back from the cache) equal outputs from
+    fresh ones (BDH_KERNELS_CPU_CACHE_MB=0)."""
+    needs_cpp()
     digests = []
-    for switch in ("0", "1"):
-        env = dict(os.environ, BDH_KERNELS_HUGEPAGES=switch)
+    for megabytes in ("0", "1024"):
+        env = dict(os.environ, BDH_KERNELS_CPU_CACHE_MB=megabytes)
         run = subprocess.run([sys.executable, "-c", _LARGE_OUTPUTS_DIGEST], env=env, capture_output=True, text=True)
         assert run.returncode == 0, run.stderr
         digests.append(run.stdout.strip())

@@ -269,8 +269,8 @@ def test_fp64_backward_is_the_reference_autograd(surrogate, options):
 @pytest.mark.parametrize("shape,time_dim", [((70, 3, 5003), 0), ((3, 70, 5003), 1)], ids=["P1", "P3"])
 def test_cpp_wide_windows_and_large_outputs(shape, time_dim):
     """The cpp kernels' 512-neuron windows with a short last one in each view row, over several
-    checkpoint segments, and outputs over 4 MiB (faulted in on huge pages before the kernels write them:
-    csrc/cpu_alloc.h)."""
+    checkpoint segments, and outputs over 4 MiB (taken from the cache of output buffers:
+    csrc/cpu_output_cache.h)."""
     if backends.unavailable_reason("cpp", torch.device("cpu")):
         pytest.skip(backends.unavailable_reason("cpp", torch.device("cpu")))
     x = make_input(shape)

@@ -109,7 +109,8 @@ def test_fp64_on_cpp():
 
 
 def test_cpp_large_outputs():
-    """Traces over 4 MiB: the cpp op faults its outputs in on huge pages first (csrc/cpu_alloc.h)."""
+    """Traces over 4 MiB: the cpp op takes its outputs from the cache of output buffers
+    (csrc/cpu_output_cache.h)."""
     if backends.unavailable_reason("cpp", torch.device("cpu")):
         pytest.skip(backends.unavailable_reason("cpp", torch.device("cpu")))
     spikes = spikes_of((70, 3, 5003), graded=True)

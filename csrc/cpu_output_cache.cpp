@@ -1,0 +1,127 @@
+// The cache of large CPU output buffers: see cpu_output_cache.h.
+#include "cpu_output_cache.h"
+
+#include <cstdlib>
+#include <cstring>
+#include <map>
+#include <mutex>
+#include <string>
+#include <unordered_map>
+
+#include <ATen/EmptyTensor.h>
+#include <ATen/Parallel.h>
+#include <c10/core/CPUAllocator.h>
+#include <torch/library.h>
+
+namespace bdh {
+namespace {
+
+constexpr size_t kMinCachedBytes = size_t(4) << 20;
+constexpr size_t kGranule = size_t(2) << 20;  // sizes are rounded up to this, so near sizes share buffers
+constexpr size_t kPageBytes = 4096;
+
+size_t cache_limit_bytes() {
+  const char* v = std::getenv("BDH_KERNELS_CPU_CACHE_MB");
+  if (!v || !*v) return size_t(1024) << 20;
+  char* end = nullptr;
+  const long long mb = std::strtoll(v, &end, 10);
+  TORCH_CHECK(*end == '\0' && mb >= 0, "BDH_KERNELS_CPU_CACHE_MB must be a whole number of MiB >= 0, got '", v, "'");
+  return size_t(mb) << 20;
+}
+
+// A c10::Allocator, so the tensors it backs are ordinary resizable CPU tensors; each DataPtr's deleter
+// hands its buffer back here.
+class OutputCache final : public c10::Allocator {
+ public:
+  static OutputCache& instance() {
+    static OutputCache* cache = new OutputCache();  // never destroyed: outputs may outlive static teardown
+    return *cache;
+  }
+
+  c10::DataPtr allocate(size_t bytes) override {
+    if (bytes < kMinCachedBytes || limit_ == 0) return c10::GetCPUAllocator()->allocate(bytes);
+    const size_t size = (bytes + kGranule - 1) / kGranule * kGranule;
+    void* p = take(size);
+    if (!p) p = fresh(size);
+    return {p, p, &give_back, c10::Device(c10::DeviceType::CPU)};
+  }
+
+  void copy_data(void* dest, const void* src, std::size_t count) const override {
+    default_copy_data(dest, src, count);
+  }
+
+  int64_t release_all() {
+    std::lock_guard<std::mutex> lock(mutex_);
+    const size_t released = cached_bytes_;
+    for (auto& [size, p] : free_) {
+      sizes_.erase(p);
+      std::free(p);
+    }
+    free_.clear();
+    cached_bytes_ = 0;
+    return static_cast<int64_t>(released);
+  }
+
+ private:
+  OutputCache() : limit_(cache_limit_bytes()) {}
+
+  void* take(size_t size) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    auto it = free_.find(size);
+    if (it == free_.end()) return nullptr;
+    void* p = it->second;
+    free_.erase(it);
+    cached_bytes_ -= size;
+    return p;
+  }
+
+  // A new buffer, its pages faulted in by contiguous chunks, one per thread. The kernels would fault them
+  // in their own order, each task a few neurons of every time step, so that all threads fault pages of
+  // the same rows at once; only a new buffer pays this, once.
+  void* fresh(size_t size) {
+    void* p = nullptr;
+    if (posix_memalign(&p, kGranule, size) != 0) throw std::bad_alloc();
+    char* bytes = static_cast<char*>(p);
+    at::parallel_for(0, int64_t(size / kPageBytes), 64, [&](int64_t begin, int64_t end) {
+      for (int64_t page = begin; page < end; ++page) bytes[page * kPageBytes] = 0;
+    });
+    std::lock_guard<std::mutex> lock(mutex_);
+    sizes_[p] = size;
+    return p;
+  }
+
+  static void give_back(void* p) { instance().put(p); }
+
+  void put(void* p) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    auto it = sizes_.find(p);
+    const size_t size = it->second;
+    if (cached_bytes_ + size <= limit_) {
+      free_.emplace(size, p);
+      cached_bytes_ += size;
+    } else {
+      sizes_.erase(it);
+      std::free(p);
+    }
+  }
+
+  const size_t limit_;
+  std::mutex mutex_;
+  std::unordered_map<void*, size_t> sizes_;  // every buffer this cache made that is in use or cached
+  std::multimap<size_t, void*> free_;        // the cached ones, by size
+  size_t cached_bytes_ = 0;
+};
+
+}  // namespace
+
+at::Tensor empty_output(at::IntArrayRef sizes, const at::TensorOptions& options) {
+  TORCH_CHECK(options.device().is_cpu(), "empty_output is for CPU tensors");
+  return at::detail::empty_generic(sizes, &OutputCache::instance(), c10::DispatchKeySet(c10::DispatchKey::CPU),
+                                   options.dtype().toScalarType(), std::nullopt);
+}
+
+int64_t empty_output_cache() { return OutputCache::instance().release_all(); }
+
+TORCH_LIBRARY_FRAGMENT(bdh, m) { m.def("empty_cpu_output_cache() -> int", &empty_output_cache); }
+
+}  // namespace bdh
