@@ -23,13 +23,12 @@
 namespace bdh {
 namespace {
 
-// The window kernels, compiled for SSE2, AVX2 and AVX-512 (cpu_isa.h). On [128, 32, 4096] fwd+bwd the
-// AVX-512 build measures within noise of the AVX2 one (BENCHMARKS.md): these loops wait on memory more
-// than on arithmetic.
+// The window kernels, compiled for SSE2, AVX2 and AVX-512 (cpu_isa.h). On [128, 32, 4096] fp32 fwd+bwd
+// the AVX-512 build takes 23 ms against AVX2's 28-30 (BENCHMARKS.md).
 //
-// Window width: up to 512 neurons (cpu_windows.h). Measured on 2 cores, fp32 fwd / bwd with fresh outputs:
-// [128, 32, 4096] 13.1 / 19.6 ms at 512 against 17.6 / 26.8 ms at 64; [512, 32, 4096] 54 / 90 against
-// 103 / 118; 1024-4096 no better.
+// Window width: up to 512 neurons (cpu_windows.h). Measured on 2 cores, fp32 fwd / bwd medians with the
+// outputs faulted in beforehand: [128, 32, 4096] 15.0 / 20.0 ms at 512 against 19.2 / 27.4 ms at 64;
+// [512, 32, 4096] 55 / 92 against 105 / 119; 1024-4096 no better.
 constexpr int64_t kMaxLifBlock = 512;
 #define BDH_CPU_KERNELS "lif_cpu_kernels.h"
 #include "cpu_isa_instantiate.h"
