@@ -17,8 +17,7 @@ namespace bdh {
 namespace {
 
 constexpr size_t kMinCachedBytes = size_t(4) << 20;
-constexpr size_t kGranule = size_t(2) << 20;  // sizes are rounded up to this, so near sizes share buffers
-constexpr size_t kPageBytes = 4096;
+constexpr size_t kPageBytes = 4096;  // buffers are whole pages; a cached one serves a request of its size
 
 size_t cache_limit_bytes() {
   const char* v = std::getenv("BDH_KERNELS_CPU_CACHE_MB");
@@ -40,9 +39,10 @@ class OutputCache final : public c10::Allocator {
 
   c10::DataPtr allocate(size_t bytes) override {
     if (bytes < kMinCachedBytes || limit_ == 0) return c10::GetCPUAllocator()->allocate(bytes);
-    const size_t size = (bytes + kGranule - 1) / kGranule * kGranule;
+    const size_t size = (bytes + kPageBytes - 1) / kPageBytes * kPageBytes;
     void* p = take(size);
     if (!p) p = fresh(size);
+    report(p, static_cast<int64_t>(size));
     return {p, p, &give_back, c10::Device(c10::DeviceType::CPU)};
   }
 
@@ -72,6 +72,7 @@ class OutputCache final : public c10::Allocator {
     void* p = it->second;
     free_.erase(it);
     cached_bytes_ -= size;
+    in_use_bytes_ += size;
     return p;
   }
 
@@ -80,36 +81,57 @@ class OutputCache final : public c10::Allocator {
   // the same rows at once; only a new buffer pays this, once.
   void* fresh(size_t size) {
     void* p = nullptr;
-    if (posix_memalign(&p, kGranule, size) != 0) throw std::bad_alloc();
+    if (posix_memalign(&p, kPageBytes, size) != 0) throw std::bad_alloc();
     char* bytes = static_cast<char*>(p);
     at::parallel_for(0, int64_t(size / kPageBytes), 64, [&](int64_t begin, int64_t end) {
       for (int64_t page = begin; page < end; ++page) bytes[page * kPageBytes] = 0;
     });
     std::lock_guard<std::mutex> lock(mutex_);
     sizes_[p] = size;
+    in_use_bytes_ += size;
     return p;
   }
 
   static void give_back(void* p) { instance().put(p); }
 
   void put(void* p) {
-    std::lock_guard<std::mutex> lock(mutex_);
-    auto it = sizes_.find(p);
-    const size_t size = it->second;
-    if (cached_bytes_ + size <= limit_) {
-      free_.emplace(size, p);
-      cached_bytes_ += size;
-    } else {
-      sizes_.erase(it);
-      std::free(p);
+    size_t size = 0;
+    bool keep = false;
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      auto it = sizes_.find(p);
+      size = it->second;
+      in_use_bytes_ -= size;
+      keep = cached_bytes_ + size <= limit_;
+      if (keep) {
+        free_.emplace(size, p);
+        cached_bytes_ += size;
+      } else {
+        sizes_.erase(it);
+      }
     }
+    report(p, -static_cast<int64_t>(size));
+    if (!keep) std::free(p);
+  }
+
+  // To the torch profiler's memory records, as PyTorch's CPU allocator does for its tensors: + size when
+  // a buffer goes to a tensor, - size when it comes back.
+  void report(void* p, int64_t delta) {
+    if (!c10::memoryProfilingEnabled()) return;
+    size_t in_use = 0, held = 0;
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      in_use = in_use_bytes_;
+      held = in_use_bytes_ + cached_bytes_;
+    }
+    c10::reportMemoryUsageToProfiler(p, delta, in_use, held, c10::Device(c10::DeviceType::CPU));
   }
 
   const size_t limit_;
   std::mutex mutex_;
   std::unordered_map<void*, size_t> sizes_;  // every buffer this cache made that is in use or cached
   std::multimap<size_t, void*> free_;        // the cached ones, by size
-  size_t cached_bytes_ = 0;
+  size_t cached_bytes_ = 0, in_use_bytes_ = 0;
 };
 
 }  // namespace

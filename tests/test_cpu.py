@@ -64,6 +64,21 @@ def test_cached_outputs_are_ordinary_tensors():
     assert out.shape == (10,)
 
 
+def test_the_profiler_sees_cached_outputs():
+    """Outputs from the cache appear in the torch profiler's memory records, as PyTorch's own do."""
+    from torch.profiler import ProfilerActivity, profile
+
+    needs_cpp()
+    x = torch.randn(LARGE)
+    bdh_kernels.lif(x, tau_mem=2.0, backend="cpp")  # so the next output comes from the cache
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        out = bdh_kernels.lif(x, tau_mem=2.0, backend="cpp")
+        del out
+    by_op = {e.key: e.self_cpu_memory_usage for e in prof.key_averages()}
+    assert by_op["bdh::lif_forward"] >= x.numel() * x.element_size()
+    assert sum(e.cpu_memory_usage for e in prof.events() if e.name == "[memory]") <= -x.numel() * x.element_size()
+
+
 def test_a_bad_cache_size_is_a_clear_error():
     needs_cpp()
     env = dict(os.environ, BDH_KERNELS_CPU_CACHE_MB="lots")
