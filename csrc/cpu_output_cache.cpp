@@ -2,11 +2,11 @@
 #include "cpu_output_cache.h"
 
 #include <cstdlib>
-#include <cstring>
-#include <map>
+#include <list>
 #include <mutex>
-#include <string>
 #include <unordered_map>
+#include <utility>
+#include <vector>
 
 #include <ATen/EmptyTensor.h>
 #include <ATen/Parallel.h>
@@ -51,14 +51,13 @@ class OutputCache final : public c10::Allocator {
   }
 
   int64_t release_all() {
-    std::lock_guard<std::mutex> lock(mutex_);
-    const size_t released = cached_bytes_;
-    for (auto& [size, p] : free_) {
-      sizes_.erase(p);
-      std::free(p);
+    std::vector<void*> freed;
+    size_t released = 0;
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      released = evict_until(0, freed);
     }
-    free_.clear();
-    cached_bytes_ = 0;
+    for (void* p : freed) std::free(p);
     return static_cast<int64_t>(released);
   }
 
@@ -67,21 +66,28 @@ class OutputCache final : public c10::Allocator {
 
   void* take(size_t size) {
     std::lock_guard<std::mutex> lock(mutex_);
-    auto it = free_.find(size);
-    if (it == free_.end()) return nullptr;
-    void* p = it->second;
-    free_.erase(it);
-    cached_bytes_ -= size;
-    in_use_bytes_ += size;
-    return p;
+    for (auto it = cached_.begin(); it != cached_.end(); ++it) {  // newest first; a few entries at most
+      if (it->first != size) continue;
+      void* p = it->second;
+      cached_.erase(it);
+      cached_bytes_ -= size;
+      in_use_bytes_ += size;
+      return p;
+    }
+    return nullptr;
   }
 
   // A new buffer, its pages faulted in by contiguous chunks, one per thread. The kernels would fault them
   // in their own order, each task a few neurons of every time step, so that all threads fault pages of
-  // the same rows at once; only a new buffer pays this, once.
+  // the same rows at once; only a new buffer pays this, once. Short of memory, the cached buffers go first.
   void* fresh(size_t size) {
     void* p = nullptr;
-    if (posix_memalign(&p, kPageBytes, size) != 0) throw std::bad_alloc();
+    if (posix_memalign(&p, kPageBytes, size) != 0) {
+      p = nullptr;
+      if (release_all() == 0 || posix_memalign(&p, kPageBytes, size) != 0) p = nullptr;
+    }
+    TORCH_CHECK_WITH(OutOfMemoryError, p != nullptr, "bdh_kernels: out of CPU memory allocating an output of ",
+                     size, " bytes");
     char* bytes = static_cast<char*>(p);
     at::parallel_for(0, int64_t(size / kPageBytes), 64, [&](int64_t begin, int64_t end) {
       for (int64_t page = begin; page < end; ++page) bytes[page * kPageBytes] = 0;
@@ -94,24 +100,44 @@ class OutputCache final : public c10::Allocator {
 
   static void give_back(void* p) { instance().put(p); }
 
+  // A buffer back from its tensor: cached as the newest, the oldest evicted past the limit (so the cache
+  // follows the sizes in use when they change, e.g. from training to evaluation).
   void put(void* p) {
     size_t size = 0;
-    bool keep = false;
     {
       std::lock_guard<std::mutex> lock(mutex_);
-      auto it = sizes_.find(p);
-      size = it->second;
+      size = sizes_.at(p);
       in_use_bytes_ -= size;
-      keep = cached_bytes_ + size <= limit_;
-      if (keep) {
-        free_.emplace(size, p);
-        cached_bytes_ += size;
+    }
+    report(p, -static_cast<int64_t>(size));  // before another thread can take it again
+    std::vector<void*> freed;
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      if (size > limit_) {
+        sizes_.erase(p);
+        freed.push_back(p);
       } else {
-        sizes_.erase(it);
+        cached_.emplace_front(size, p);
+        cached_bytes_ += size;
+        evict_until(limit_, freed);
       }
     }
-    report(p, -static_cast<int64_t>(size));
-    if (!keep) std::free(p);
+    for (void* q : freed) std::free(q);
+  }
+
+  // Drops the oldest cached buffers until at most `bytes` are cached; returns the bytes dropped and
+  // leaves the buffers in `freed` for the caller to free outside the lock. Holds mutex_.
+  size_t evict_until(size_t bytes, std::vector<void*>& freed) {
+    size_t dropped = 0;
+    while (cached_bytes_ > bytes) {
+      auto [size, p] = cached_.back();
+      cached_.pop_back();
+      cached_bytes_ -= size;
+      dropped += size;
+      sizes_.erase(p);
+      freed.push_back(p);
+    }
+    return dropped;
   }
 
   // To the torch profiler's memory records, as PyTorch's CPU allocator does for its tensors: + size when
@@ -129,8 +155,8 @@ class OutputCache final : public c10::Allocator {
 
   const size_t limit_;
   std::mutex mutex_;
-  std::unordered_map<void*, size_t> sizes_;  // every buffer this cache made that is in use or cached
-  std::multimap<size_t, void*> free_;        // the cached ones, by size
+  std::unordered_map<void*, size_t> sizes_;      // every buffer of this cache, in use or cached
+  std::list<std::pair<size_t, void*>> cached_;  // the cached ones (size, buffer), newest first
   size_t cached_bytes_ = 0, in_use_bytes_ = 0;
 };
 

@@ -9,8 +9,10 @@
 // allocator does this on the GPU; on the CPU, jemalloc or tcmalloc do it for a whole process.)
 //
 // Buffers under 4 MiB come from PyTorch's CPU allocator as usual. The cache holds at most
-// BDH_KERNELS_CPU_CACHE_MB MiB of freed buffers (default 1024; 0 turns it off); a buffer freed beyond
-// that goes back to the system. bdh_kernels.cpu.empty_cache() releases what it holds.
+// BDH_KERNELS_CPU_CACHE_MB MiB of freed buffers (default 1024; 0 turns it off), the most recently freed
+// ones: past the limit the oldest go back to the system. A request it cannot serve from memory first
+// releases the cached buffers; bdh_kernels.cpu.empty_cache() releases them on demand. The buffers are
+// reported to the torch profiler's memory records like PyTorch's own allocations.
 #pragma once
 
 #include <cstdint>

@@ -79,6 +79,33 @@ def test_the_profiler_sees_cached_outputs():
     assert sum(e.cpu_memory_usage for e in prof.events() if e.name == "[memory]") <= -x.numel() * x.element_size()
 
 
+_EVICTION = """
+import torch, bdh_kernels
+from bdh_kernels.cpu import empty_cache
+
+def output_of(t):  # a [t, 3, 5003] fp32 output: 4.2, 4.8, 6.0 MB for t = 70, 80, 100
+    with torch.no_grad():
+        return bdh_kernels.lif(torch.randn(t, 3, 5003), tau_mem=2.0, backend="cpp")
+
+page = lambda n: -(-n // 4096) * 4096
+sizes = {t: page(t * 3 * 5003 * 4) for t in (70, 80, 100, 200)}
+addresses = {t: output_of(t).data_ptr() for t in (70, 80)}  # each freed at once: 9.0 MB cached
+output_of(100)                            # 15.0 MB > 11 MiB: the oldest (t=70) goes
+assert output_of(80).data_ptr() == addresses[80]  # still cached
+output_of(200)                            # 12.0 MB, over the limit on its own: never cached
+released = empty_cache()
+assert released == sizes[80] + sizes[100], (released, sizes)
+print("ok")
+"""
+
+
+def test_the_cache_keeps_the_newest_buffers_within_its_limit():
+    needs_cpp()
+    env = dict(os.environ, BDH_KERNELS_CPU_CACHE_MB="11")
+    run = subprocess.run([sys.executable, "-c", _EVICTION], env=env, capture_output=True, text=True)
+    assert run.returncode == 0 and run.stdout.strip() == "ok", run.stderr
+
+
 def test_a_bad_cache_size_is_a_clear_error():
     needs_cpp()
     env = dict(os.environ, BDH_KERNELS_CPU_CACHE_MB="lots")
