@@ -1,5 +1,6 @@
 """bdh_kernels.cpu: the flush-to-zero mode reaches every intra-op thread; the cpp ops' cache of large
 output buffers reuses them, releases them, and changes no result."""
+import io
 import os
 import subprocess
 import sys
@@ -49,7 +50,7 @@ def test_a_freed_output_buffer_is_reused_and_released():
     again = bdh_kernels.lif(x, tau_mem=2.0, backend="cpp")
     assert again.data_ptr() == address
     del again
-    assert empty_cache() >= x.numel() * x.element_size()
+    assert bdh_kernels.cpu.empty_cache() >= x.numel() * x.element_size()  # as the README calls it
     assert empty_cache() == 0
 
 
@@ -58,6 +59,12 @@ def test_cached_outputs_are_ordinary_tensors():
     x = torch.randn(LARGE)
     out = bdh_kernels.lif(x, tau_mem=2.0, backend="cpp")
     expected = out.clone()
+    saved = io.BytesIO()
+    torch.save(out, saved)
+    saved.seek(0)
+    assert torch.equal(torch.load(saved), expected)
+    shared = bdh_kernels.lif(x, tau_mem=2.0, backend="cpp").share_memory_()  # a cached output, moved to shared memory
+    assert shared.is_shared() and torch.equal(shared, expected)
     out.resize_(2 * x.numel())  # the storage is resizable (a new buffer, contents kept)
     assert torch.equal(out[: x.numel()].view(LARGE), expected)
     out.resize_(10)
