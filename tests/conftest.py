@@ -24,19 +24,29 @@ def nan_filled_empty():
     torch.use_deterministic_algorithms(False)
 
 
-@pytest.fixture(params=["cpp", "triton", "cuda"])
-def backend(request):
-    """A fast backend, skipped with the reason when it cannot run on this machine."""
+def _available(name):
+    """``name``, or the test skipped with the reason why that backend cannot run on this machine."""
     from bdh_kernels import backends
     from kernel_cases import BACKEND_DEVICE, HAS_CUDA
 
-    name = request.param
     if name == "cuda" and not HAS_CUDA:
         pytest.skip("cuda: no CUDA device")
     reason = backends.unavailable_reason(name, torch.device(BACKEND_DEVICE[name]))
     if reason:
         pytest.skip(f"{name}: {reason}")
     return name
+
+
+@pytest.fixture(params=["cpp", "triton", "cuda"])
+def backend(request):
+    """A fast backend, skipped with the reason when it cannot run on this machine."""
+    return _available(request.param)
+
+
+@pytest.fixture
+def cpp():
+    """For tests of the cpp backend alone: "cpp", or the test skipped when the extension is not built."""
+    return _available("cpp")
 
 
 @pytest.fixture(scope="session")

@@ -9,7 +9,6 @@ import pytest
 import torch
 
 import bdh_kernels
-from bdh_kernels import backends
 from bdh_kernels.cpu import empty_cache, flush_denormal
 
 
@@ -30,18 +29,10 @@ def test_flush_denormal_wants_a_bool():
         flush_denormal(1)
 
 
-
-def needs_cpp():
-    reason = backends.unavailable_reason("cpp", torch.device("cpu"))
-    if reason:
-        pytest.skip(reason)
-
-
 LARGE = (70, 3, 5003)  # 4.2 MB in fp32: over the cache's 4 MiB minimum
 
 
-def test_a_freed_output_buffer_is_reused_and_released():
-    needs_cpp()
+def test_a_freed_output_buffer_is_reused_and_released(cpp):
     x = torch.randn(LARGE)
     empty_cache()
     out = bdh_kernels.lif(x, tau_mem=2.0, backend="cpp")
@@ -54,8 +45,7 @@ def test_a_freed_output_buffer_is_reused_and_released():
     assert empty_cache() == 0
 
 
-def test_cached_outputs_are_ordinary_tensors():
-    needs_cpp()
+def test_cached_outputs_are_ordinary_tensors(cpp):
     x = torch.randn(LARGE)
     out = bdh_kernels.lif(x, tau_mem=2.0, backend="cpp")
     expected = out.clone()
@@ -71,11 +61,10 @@ def test_cached_outputs_are_ordinary_tensors():
     assert out.shape == (10,)
 
 
-def test_the_profiler_sees_cached_outputs():
+def test_the_profiler_sees_cached_outputs(cpp):
     """Outputs from the cache appear in the torch profiler's memory records, as PyTorch's own do."""
     from torch.profiler import ProfilerActivity, profile
 
-    needs_cpp()
     x = torch.randn(LARGE)
     bdh_kernels.lif(x, tau_mem=2.0, backend="cpp")  # so the next output comes from the cache
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
@@ -106,15 +95,13 @@ print("ok")
 """
 
 
-def test_the_cache_keeps_the_newest_buffers_within_its_limit():
-    needs_cpp()
+def test_the_cache_keeps_the_newest_buffers_within_its_limit(cpp):
     env = dict(os.environ, BDH_KERNELS_CPU_CACHE_MB="11")
     run = subprocess.run([sys.executable, "-c", _EVICTION], env=env, capture_output=True, text=True)
     assert run.returncode == 0 and run.stdout.strip() == "ok", run.stderr
 
 
-def test_a_bad_cache_size_is_a_clear_error():
-    needs_cpp()
+def test_a_bad_cache_size_is_a_clear_error(cpp):
     env = dict(os.environ, BDH_KERNELS_CPU_CACHE_MB="lots")
     code = "import torch, bdh_kernels; bdh_kernels.lif(torch.randn(70, 3, 5003), tau_mem=2.0, backend='cpp')"
     run = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
@@ -136,10 +123,9 @@ print(digest.hexdigest())
 """
 
 
-def test_the_cache_changes_no_result():
+def test_the_cache_changes_no_result(cpp):
     """Outputs from reused buffers (several steps, so buffers come back from the cache) equal outputs from
     fresh ones (BDH_KERNELS_CPU_CACHE_MB=0)."""
-    needs_cpp()
     digests = []
     for megabytes in ("0", "1024"):
         env = dict(os.environ, BDH_KERNELS_CPU_CACHE_MB=megabytes)

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 import bdh_kernels
-from bdh_kernels import backends, reference
+from bdh_kernels import reference
 from bdh_kernels.lif import CHECKPOINT_EVERY
 from kernel_cases import (BACKEND_DEVICE, HAS_CUDA, compiled_kernels, contiguous, rel_err, sliced, transposed,
                           unspecialised_args)
@@ -253,11 +253,9 @@ FP64_OPTIONS = [
 
 @pytest.mark.parametrize("surrogate", ["sigmoid", "atan", "fast_sigmoid", "piecewise_quadratic", "erf"])
 @pytest.mark.parametrize("options", FP64_OPTIONS, ids=lambda o: "-".join(f"{k}={v}" for k, v in o.items()) or "default")
-def test_fp64_backward_is_the_reference_autograd(surrogate, options):
+def test_fp64_backward_is_the_reference_autograd(cpp, surrogate, options):
     """In fp64 the cpp backward equals autograd through the reference to rounding (the surrogate
     derivative is the function's defined derivative, so this is the gradient check that applies)."""
-    if backends.unavailable_reason("cpp", torch.device("cpu")):
-        pytest.skip(backends.unavailable_reason("cpp", torch.device("cpu")))
     alpha = 0.5 if surrogate == "piecewise_quadratic" else None
     x = make_input((128, 3, 5), torch.float64, seed=13)
     v_init = make_input((3, 5), torch.float64, seed=14, scale=0.5, shift=0.0)
@@ -267,12 +265,10 @@ def test_fp64_backward_is_the_reference_autograd(surrogate, options):
 
 
 @pytest.mark.parametrize("shape,time_dim", [((70, 3, 5003), 0), ((3, 70, 5003), 1)], ids=["P1", "P3"])
-def test_cpp_wide_windows_and_large_outputs(shape, time_dim):
+def test_cpp_wide_windows_and_large_outputs(cpp, shape, time_dim):
     """The cpp kernels' 512-neuron windows with a short last one in each view row, over several
     checkpoint segments, and outputs over 4 MiB (taken from the cache of output buffers:
     csrc/cpu_output_cache.h)."""
-    if backends.unavailable_reason("cpp", torch.device("cpu")):
-        pytest.skip(backends.unavailable_reason("cpp", torch.device("cpu")))
     x = make_input(shape)
     assert x.numel() * x.element_size() > 4 << 20
     check_against_reference("cpp", x, time_dim=time_dim, tau_syn=2.0, return_state=True)

@@ -101,18 +101,14 @@ def test_trace_init_and_its_gradient(backend, dtype, time_dim):
     check_against_reference(backend, spikes_of(shape, dtype, seed=4), trace_init=init, time_dim=time_dim, tau=4.0)
 
 
-def test_fp64_on_cpp():
-    if backends.unavailable_reason("cpp", torch.device("cpu")):
-        pytest.skip(backends.unavailable_reason("cpp", torch.device("cpu")))
+def test_fp64_on_cpp(cpp):
     init = spikes_of((4, 6), torch.float64, seed=2, graded=True)
     check_against_reference("cpp", spikes_of((65, 4, 6), torch.float64, graded=True), trace_init=init, tau=7.0)
 
 
-def test_cpp_large_outputs():
+def test_cpp_large_outputs(cpp):
     """Traces over 4 MiB: the cpp op takes its outputs from the cache of output buffers
     (csrc/cpu_output_cache.h)."""
-    if backends.unavailable_reason("cpp", torch.device("cpu")):
-        pytest.skip(backends.unavailable_reason("cpp", torch.device("cpu")))
     spikes = spikes_of((70, 3, 5003), graded=True)
     assert spikes.numel() * spikes.element_size() > 4 << 20
     check_against_reference("cpp", spikes, tau=5.0)
