@@ -82,12 +82,10 @@ class OutputCache final : public c10::Allocator {
   // the same rows at once; only a new buffer pays this, once. Short of memory, the cached buffers go first.
   void* fresh(size_t size) {
     void* p = nullptr;
-    if (posix_memalign(&p, kPageBytes, size) != 0) {
-      p = nullptr;
-      if (release_all() == 0 || posix_memalign(&p, kPageBytes, size) != 0) p = nullptr;
-    }
-    TORCH_CHECK_WITH(OutOfMemoryError, p != nullptr, "bdh_kernels: out of CPU memory allocating an output of ",
-                     size, " bytes");
+    bool allocated = posix_memalign(&p, kPageBytes, size) == 0;
+    if (!allocated && release_all() > 0) allocated = posix_memalign(&p, kPageBytes, size) == 0;
+    TORCH_CHECK_WITH(OutOfMemoryError, allocated, "bdh_kernels: out of CPU memory allocating an output of ", size,
+                     " bytes");
     char* bytes = static_cast<char*>(p);
     at::parallel_for(0, int64_t(size / kPageBytes), 64, [&](int64_t begin, int64_t end) {
       for (int64_t page = begin; page < end; ++page) bytes[page * kPageBytes] = 0;
