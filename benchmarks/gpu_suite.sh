@@ -15,10 +15,15 @@
 #   python benchmarks/report.py DIR/lif_gpu.json; python benchmarks/bench_stdp.py DIR/stdp_gpu.json
 #   python benchmarks/bench_model.py DIR/model_gpu.json
 #
-# Usage: bash benchmarks/gpu_suite.sh [DIR]      (default DIR: gpu-results)
+# Usage: bash benchmarks/gpu_suite.sh [--goals] [DIR]      (default DIR: gpu-results)
+#   --goals: only what the goals need, the shortest run that checks them (no CUDA build): the Triton
+#   no-recompile tests, LIF fwd+bwd at the goal shapes [128|256, 32, 131072] for the floor, bdh_triton and
+#   SpikingJelly in fp32 and bf16, and the model tiers with their goal lines.
 #   PYTHON (default python3), DEADLINE, BENCH_MAX_TIME (pytest-benchmark's --benchmark-max-time, default 0.3 s)
 set -uo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
+goals=0
+if [[ "${1:-}" == "--goals" ]]; then goals=1; shift; fi
 out="${1:-gpu-results}"
 mkdir -p "$out"
 PYTHON="${PYTHON:-python3}"
@@ -61,6 +66,17 @@ export MAX_JOBS="${MAX_JOBS:-$(nproc)}"
 tests=(tests/test_lif_backends.py tests/test_stdp_backends.py tests/test_model.py)
 xdist=()
 "$PYTHON" -c "import xdist" 2>/dev/null && xdist=(-n 8)
+bench=("$PYTHON" -m pytest --benchmark --benchmark-max-time="$BENCH_MAX_TIME" --benchmark-min-rounds=3 -q
+       -p no:cacheprovider)
+
+if ((goals)); then
+  run tests_recompile 240 "$PYTHON" -m pytest "${tests[@]}" -k "triton and recompile" -q -rs
+  run bench_lif 240 "${bench[@]}" benchmarks/bench_lif.py --benchmark-json="$out/lif_gpu.json" \
+    -k "gpu and bwd and (T128xB32xN131072 or T256xB32xN131072) and (floor_4_clones or bdh_triton or spikingjelly) or mode"
+  run bench_model 160 "${bench[@]}" benchmarks/bench_model.py -k "tier or goals" --benchmark-json="$out/model_gpu.json"
+  log "done"
+  exit 0
+fi
 
 log "build with TORCH_CUDA_ARCH_LIST=$TORCH_CUDA_ARCH_LIST, MAX_JOBS=$MAX_JOBS (background)"
 (BDH_KERNELS_BUILD_CUDA=1 timeout 600 "$PYTHON" -m pip install --no-build-isolation --no-deps -e . >"$out/build.log" 2>&1
@@ -74,8 +90,6 @@ tail -n 5 "$out/build.log"
 
 run tests_cuda 200 "$PYTHON" -m pytest "${tests[@]}" -k "cuda and not triton" -q -rs "${xdist[@]}"
 
-bench=("$PYTHON" -m pytest --benchmark --benchmark-max-time="$BENCH_MAX_TIME" --benchmark-min-rounds=3 -q
-       -p no:cacheprovider)
 run bench_stdp 100 "${bench[@]}" benchmarks/bench_stdp.py -k "gpu or goals" --benchmark-json="$out/stdp_gpu.json"
 run bench_lif 220 "${bench[@]}" benchmarks/bench_lif.py -k "gpu or mode" --benchmark-json="$out/lif_gpu.json"
 run bench_model 160 "${bench[@]}" benchmarks/bench_model.py -k "tier or goals" --benchmark-json="$out/model_gpu.json"
