@@ -18,7 +18,8 @@
 # Usage: bash benchmarks/gpu_suite.sh [--goals] [DIR]      (default DIR: gpu-results)
 #   --goals: only what the goals need, the shortest run that checks them (no CUDA build): the Triton
 #   no-recompile tests, LIF fwd+bwd at the goal shapes [128|256, 32, 131072] for the floor, bdh_triton and
-#   SpikingJelly in fp32 and bf16, and the model tiers with their goal lines.
+#   SpikingJelly in fp32 and bf16, the model tiers with their goal lines, and where the fixed cost of a
+#   small bdh_triton call goes (benchmarks/profile_lif.py).
 #   PYTHON (default python3), DEADLINE, BENCH_MAX_TIME (pytest-benchmark's --benchmark-max-time, default 0.3 s)
 set -uo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -71,6 +72,8 @@ bench=("$PYTHON" -m pytest --benchmark --benchmark-max-time="$BENCH_MAX_TIME" --
 
 if ((goals)); then
   run tests_recompile 240 "$PYTHON" -m pytest "${tests[@]}" -k "triton and recompile" -q -rs
+  run profile_lif 120 "$PYTHON" benchmarks/profile_lif.py --backend triton --shape 128,32,4096 --dtype bfloat16 \
+    --device cuda
   run bench_lif 240 "${bench[@]}" benchmarks/bench_lif.py --benchmark-json="$out/lif_gpu.json" \
     -k "gpu and bwd and (T128xB32xN131072 or T256xB32xN131072) and (floor_4_clones or bdh_triton or spikingjelly) or mode"
   run bench_model 160 "${bench[@]}" benchmarks/bench_model.py -k "tier or goals" --benchmark-json="$out/model_gpu.json"
