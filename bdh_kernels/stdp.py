@@ -262,7 +262,7 @@ def stdp_update(
 
     Returns:
         ``(dW, state)``: ``dW`` ``[Nout, Nin]`` in the spikes' dtype (promoted with ``weight``'s with soft
-        bounds), and the :class:`STDPState` after the last step. Add ``lr * dW`` to the weight yourself, or
+        bounds; summed in fp32 for fp16/bf16 spikes and rounded once), and the :class:`STDPState` after the last step. Add ``lr * dW`` to the weight yourself, or
         use :class:`bdh_kernels.nn.STDPLearner`.
     """
     _check_spikes("pre", pre, min_dim=2)
@@ -311,8 +311,14 @@ def _spike_driven(choice, *inputs):
 
 def _weight_change(pre2, trace_pre2, post2, trace_post2, a_plus, a_minus, weight, w_min, w_max, spike_driven):
     """dW from the ``[rows, N]`` spikes and traces (arguments checked): two products over the rows, by
-    ``spike_matmul`` when ``spike_driven``, else by GEMMs."""
+    ``spike_matmul`` when ``spike_driven``, else by GEMMs. fp16/bf16 operands are multiplied in fp32 and
+    dW rounded once: a sum over the rows outgrows fp16's range (65504) long before it is scaled by
+    ``a_plus``, and bf16 keeps too few bits to add thousands of rows."""
     n_out, n_in = post2.shape[1], pre2.shape[1]
+    out_dtype = pre2.dtype if weight is None else torch.promote_types(pre2.dtype, weight.dtype)
+    sd = state_dtype(pre2.dtype)
+    if pre2.dtype != sd:
+        pre2, trace_pre2, post2, trace_post2 = (t.to(sd) for t in (pre2, trace_pre2, post2, trace_post2))
     # looked up only when used: without the C++ extension (GEMM path) the op does not exist
     spike_matmul = torch.ops.bdh.spike_matmul if spike_driven else None
     if weight is None:
@@ -321,8 +327,9 @@ def _weight_change(pre2, trace_pre2, post2, trace_post2, a_plus, a_minus, weight
             spike_matmul(dw, post2, trace_pre2, a_plus, False, False)   # a_plus LTP
             spike_matmul(dw, pre2, trace_post2, -a_minus, True, True)   # - a_minus LTD
             return dw
-        dw = torch.mm(post2.t(), trace_pre2)                                   # LTP
-        return dw.addmm_(trace_post2.t(), pre2, beta=a_plus, alpha=-a_minus)  # a_plus LTP - a_minus LTD
+        dw = torch.mm(post2.t(), trace_pre2)                            # LTP
+        dw.addmm_(trace_post2.t(), pre2, beta=a_plus, alpha=-a_minus)  # a_plus LTP - a_minus LTD
+        return dw.to(out_dtype)
     if spike_driven:
         ltp, ltd = pre2.new_empty((n_out, n_in)), pre2.new_empty((n_out, n_in))
         spike_matmul(ltp, post2, trace_pre2, 1.0, False, False)
@@ -331,11 +338,11 @@ def _weight_change(pre2, trace_pre2, post2, trace_post2, a_plus, a_minus, weight
         ltp = torch.mm(post2.t(), trace_pre2)
         ltd = torch.mm(trace_post2.t(), pre2)
     w = weight.detach()
-    dtype = torch.promote_types(pre2.dtype, w.dtype)
+    dtype = torch.promote_types(sd, w.dtype)
     ltp, ltd, w = ltp.to(dtype), ltd.to(dtype), w.to(dtype)
     # a_plus (w_max - W) LTP - a_minus (W - w_min) LTD, in place: one [Nout, Nin] temporary at a time
     dw = ltp.mul_((w_max - w).mul_(a_plus))
-    return dw.sub_(ltd.mul_((w - w_min).mul_(a_minus)))
+    return dw.sub_(ltd.mul_((w - w_min).mul_(a_minus))).to(out_dtype)
 
 
 def _check_bounds(weight, w_min, w_max, pre, n_out, n_in):

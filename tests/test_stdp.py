@@ -295,6 +295,18 @@ def test_half_precision_io(dtype):
     assert dw.dtype == torch.float32
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("bounded", [False, True])
+def test_half_precision_sums_neither_overflow_nor_drift(dtype, bounded):
+    # 64000 rows at 50% spikes: LTP and LTD sums far beyond fp16's 65504, a small dW after the amplitudes
+    pre, post = spikes((2000, 32, 8), 0.5, seed=10, dtype=dtype), spikes((2000, 32, 4), 0.5, seed=11, dtype=dtype)
+    kw = dict(weight=torch.full((4, 8), 0.5, dtype=dtype), w_min=0.0, w_max=1.0) if bounded else {}
+    dw, _ = bdh_kernels.stdp_update(pre, post, 5.0, 5.0, 1e-3, 1.1e-3, **kw)
+    ref, _ = reference.stdp_update(pre, post, 5.0, 5.0, 1e-3, 1.1e-3, **kw)
+    assert dw.dtype == dtype and torch.isfinite(dw).all()
+    assert rel_err(dw, ref) <= 1e-2
+
+
 # ------------------------------------------------------------------------------------ chunked state
 @pytest.mark.parametrize("backend", CPU_BACKENDS)
 @pytest.mark.parametrize("bounded", [False, True])
