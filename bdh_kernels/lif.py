@@ -33,6 +33,7 @@ from later steps, both starting from grad_v / grad_i of the final state)::
 and at the end ``grad_v_init = gv``, ``grad_i_init = gi``.
 """
 import math
+import numbers
 from typing import NamedTuple, Optional
 
 import torch
@@ -133,7 +134,7 @@ _ops = backends.CustomOps("lif", "lif", register_lif_ops)
 def _check_number(name, value, *, low=None, low_inclusive=False, optional=False):
     if value is None and optional:
         return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):  # numbers.Real: numpy scalars too
         raise TypeError(f"{name} must be a float{' or None' if optional else ''}, got {type(value).__name__}")
     if not math.isfinite(value):
         raise ValueError(f"{name} must be finite, got {value}")
@@ -145,6 +146,36 @@ def _check_number(name, value, *, low=None, low_inclusive=False, optional=False)
 def _check_bool(name, value):
     if not isinstance(value, bool):
         raise TypeError(f"{name} must be a bool, got {type(value).__name__}")
+
+
+def check_neuron(tau_mem, v_threshold, v_reset, decay_input, tau_syn, surrogate, alpha, detach_reset, output):
+    """The neuron's parameters of :func:`lif`, checked: ``(tau_mem, v_threshold, v_reset, tau_syn,
+    surrogate code, alpha, gated)`` as floats, the surrogate's code and default alpha resolved."""
+    _check_bool("decay_input", decay_input)
+    _check_bool("detach_reset", detach_reset)
+    tau_mem = _check_number("tau_mem", tau_mem, low=1.0 if decay_input else 0.0)
+    v_threshold = _check_number("v_threshold", v_threshold)
+    v_reset = _check_number("v_reset", v_reset, optional=True)
+    tau_syn = _check_number("tau_syn", tau_syn, low=1.0, low_inclusive=True, optional=True)
+    code, alpha = resolve_surrogate(surrogate, alpha)
+    if output not in ("spike", "gated"):
+        raise ValueError(f'output must be "spike" or "gated", got {output!r}')
+    return tau_mem, v_threshold, v_reset, tau_syn, code, alpha, output == "gated"
+
+
+def _check_time_dim(time_dim, x, name, exclude_last=False):
+    """``time_dim`` as a non-negative int for ``x`` (any int type, numpy's too; negative counts from the end)."""
+    if isinstance(time_dim, bool) or not isinstance(time_dim, numbers.Integral):
+        raise TypeError(f"time_dim must be an int, got {type(time_dim).__name__}")
+    if not -x.dim() <= time_dim < x.dim():
+        raise ValueError(f"time_dim={time_dim} is out of range for {name} with {x.dim()} dims")
+    time_dim = int(time_dim) % x.dim()
+    if exclude_last and time_dim == x.dim() - 1:
+        raise ValueError(f"time_dim={time_dim} is the last dim of {name}, which holds the neurons (features); "
+                         "put time on another dim")
+    if x.shape[time_dim] == 0:
+        raise ValueError(f"{name} has an empty time dim (time_dim={time_dim}, shape {tuple(x.shape)})")
+    return time_dim
 
 
 def _check_state(name, state, x, time_dim):
@@ -250,28 +281,14 @@ def lif(
         raise TypeError(f"x must be a floating-point tensor (fp16/bf16/fp32/fp64), got {x.dtype}")
     if x.dim() == 0:
         raise ValueError("x must have a time dim, got a 0-dim tensor")
-    if isinstance(time_dim, bool) or not isinstance(time_dim, int):
-        raise TypeError(f"time_dim must be an int, got {type(time_dim).__name__}")
-    if not -x.dim() <= time_dim < x.dim():
-        raise ValueError(f"time_dim={time_dim} is out of range for x with {x.dim()} dims")
-    time_dim %= x.dim()
-    if x.shape[time_dim] == 0:
-        raise ValueError(f"x has an empty time dim (time_dim={time_dim}, shape {tuple(x.shape)})")
-    for name, flag in (("decay_input", decay_input), ("detach_reset", detach_reset),
-                       ("return_state", return_state)):
-        _check_bool(name, flag)
-    tau_mem = _check_number("tau_mem", tau_mem, low=1.0 if decay_input else 0.0)
-    v_threshold = _check_number("v_threshold", v_threshold)
-    v_reset = _check_number("v_reset", v_reset, optional=True)
-    tau_syn = _check_number("tau_syn", tau_syn, low=1.0, low_inclusive=True, optional=True)
-    code, alpha = resolve_surrogate(surrogate, alpha)
-    if output not in ("spike", "gated"):
-        raise ValueError(f'output must be "spike" or "gated", got {output!r}')
+    time_dim = _check_time_dim(time_dim, x, "x")
+    _check_bool("return_state", return_state)
+    tau_mem, v_threshold, v_reset, tau_syn, code, alpha, gated = check_neuron(
+        tau_mem, v_threshold, v_reset, decay_input, tau_syn, surrogate, alpha, detach_reset, output)
     _check_state("v_init", v_init, x, time_dim)
     _check_state("i_init", i_init, x, time_dim)
     if i_init is not None and tau_syn is None:
         raise ValueError("i_init is the synaptic current and needs tau_syn to be set")
-    gated = output == "gated"
     choice = backends.select("lif", x.device, backend)
     if choice != "reference" and x.dtype == torch.float64 and choice != "cpp":
         raise ValueError(f"backend={choice!r} supports fp16/bf16/fp32 input; fp64 runs on cpp and reference")

@@ -6,7 +6,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import backends
-from .lif import _check_number, lif
+from .lif import _check_bool, _check_number, check_neuron, lif
 from .stdp import STDPState, _check_tau, _spike_driven, _weight_change, stdp_traces, stdp_update
 
 
@@ -17,7 +17,9 @@ class LIF(nn.Module):
 
     * ``step_mode="m"`` (multi-step): ``forward(x)`` takes a whole sequence with time along ``time_dim``.
       Each call starts from rest unless ``stateful=True``, in which case the final state of one call is
-      the initial state of the next until :meth:`reset` (SpikingJelly's behaviour).
+      the initial state of the next until :meth:`reset` (SpikingJelly's behaviour). The carried state
+      keeps its autograd graph, so gradients flow back through earlier calls: call :meth:`reset` (e.g.
+      :func:`bdh_kernels.nn.reset` on the model) before each new sequence or optimizer step.
     * ``step_mode="s"`` (single-step, for streaming): ``forward(x)`` takes one time step (no time dim),
       and the membrane carries over between calls until :meth:`reset`. Running a sequence step by step
       gives the same spikes and gradients as one multi-step call.
@@ -31,6 +33,9 @@ class LIF(nn.Module):
         super().__init__()
         if step_mode not in ("m", "s"):
             raise ValueError(f'step_mode must be "m" (multi-step) or "s" (single-step), got {step_mode!r}')
+        _check_bool("stateful", stateful)
+        # checked now rather than at the first forward
+        check_neuron(tau_mem, v_threshold, v_reset, decay_input, tau_syn, surrogate, alpha, detach_reset, output)
         self.params = dict(tau_mem=tau_mem, v_threshold=v_threshold, v_reset=v_reset,
                            decay_input=decay_input, tau_syn=tau_syn, surrogate=surrogate, alpha=alpha,
                            detach_reset=detach_reset, output=output, backend=backend)
@@ -45,12 +50,29 @@ class LIF(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         single = self.step_mode == "s"
         keep = single or self.stateful
+        if keep:
+            self._check_carried_state(x)
         out, state = lif(x.unsqueeze(0) if single else x, time_dim=0 if single else self.time_dim,
                          v_init=self.v if keep else None, i_init=self.i if keep else None,
                          return_state=True, **self.params)
         if keep:
             self.v, self.i = state
         return out.squeeze(0) if single else out
+
+    def _check_carried_state(self, x):
+        """The state carried from the previous call must fit x's neurons (lif() checks everything else)."""
+        if self.v is None or not isinstance(x, torch.Tensor):
+            return
+        if self.step_mode == "s":
+            neurons = x.shape
+        elif -x.dim() <= self.time_dim < x.dim():
+            t = self.time_dim % x.dim()
+            neurons = x.shape[:t] + x.shape[t + 1:]
+        else:
+            return  # lif() names the bad time_dim
+        if neurons != self.v.shape:
+            raise ValueError(f"this LIF carries a state of shape {tuple(self.v.shape)} from its previous call, but "
+                             f"x's neurons are {tuple(neurons)}: call reset() before a batch of another shape")
 
     def extra_repr(self) -> str:
         shown = ", ".join(f"{k}={v!r}" for k, v in self.params.items() if v is not None)
@@ -262,6 +284,21 @@ class STDPLearner(nn.Module):
         dw = _weight_change(pre_cols, tr_pre_cols, rows(post), rows(tr_post), self.params["a_plus"],
                             self.params["a_minus"], weight, *bounds, spike_driven)
         return dw.view(conv.weight.shape)
+
+    def _check_carried_state(self, x):
+        """The state carried from the previous call must fit x's neurons (lif() checks everything else)."""
+        if self.v is None or not isinstance(x, torch.Tensor):
+            return
+        if self.step_mode == "s":
+            neurons = x.shape
+        elif -x.dim() <= self.time_dim < x.dim():
+            t = self.time_dim % x.dim()
+            neurons = x.shape[:t] + x.shape[t + 1:]
+        else:
+            return  # lif() names the bad time_dim
+        if neurons != self.v.shape:
+            raise ValueError(f"this LIF carries a state of shape {tuple(self.v.shape)} from its previous call, but "
+                             f"x's neurons are {tuple(neurons)}: call reset() before a batch of another shape")
 
     def extra_repr(self) -> str:
         shown = ", ".join(f"{k}={v!r}" for k, v in self.params.items() if v is not None)

@@ -40,7 +40,7 @@ from typing import NamedTuple, Optional
 import torch
 
 from . import backends, reference
-from .lif import FLOAT_DTYPES, _as_ptq, _check_number, _from_ptq, state_dtype
+from .lif import FLOAT_DTYPES, _as_ptq, _check_number, _check_time_dim, _from_ptq, state_dtype
 
 TRACE_FORWARD_SCHEMA = "(Tensor spikes, Tensor? trace_init, float tau) -> (Tensor, Tensor)"
 TRACE_BACKWARD_SCHEMA = "(Tensor grad_traces, Tensor? grad_final, float tau) -> (Tensor, Tensor)"
@@ -103,20 +103,6 @@ def _check_spikes(name, x, min_dim=1):
     if x.dim() < min_dim:
         raise ValueError(f"{name} must have at least {min_dim} dim{'s' if min_dim > 1 else ''} "
                          f"(time{', ..., features' if min_dim > 1 else ''}), got {x.dim()}")
-
-
-def _check_time_dim(time_dim, x, name, exclude_last=False):
-    if isinstance(time_dim, bool) or not isinstance(time_dim, int):
-        raise TypeError(f"time_dim must be an int, got {type(time_dim).__name__}")
-    if not -x.dim() <= time_dim < x.dim():
-        raise ValueError(f"time_dim={time_dim} is out of range for {name} with {x.dim()} dims")
-    time_dim %= x.dim()
-    if exclude_last and time_dim == x.dim() - 1:
-        raise ValueError(f"time_dim={time_dim} is the last dim of {name}, which holds the neurons (features); "
-                         "put time on another dim")
-    if x.shape[time_dim] == 0:
-        raise ValueError(f"{name} has an empty time dim (time_dim={time_dim}, shape {tuple(x.shape)})")
-    return time_dim
 
 
 def _check_trace_state(name, state, x, time_dim, xname):

@@ -16,7 +16,7 @@ enum class Isa { kGeneric, kAvx2, kAvx512 };
 
 inline Isa isa_cap() {
   const char* env = std::getenv("BDH_KERNELS_CPU_ISA");
-  if (env == nullptr || std::strcmp(env, "avx512") == 0) return Isa::kAvx512;
+  if (env == nullptr || *env == '\0' || std::strcmp(env, "avx512") == 0) return Isa::kAvx512;  // unset: no cap
   if (std::strcmp(env, "avx2") == 0) return Isa::kAvx2;
   TORCH_CHECK(std::strcmp(env, "generic") == 0, "BDH_KERNELS_CPU_ISA must be generic, avx2 or avx512, got '",
               env, "'");

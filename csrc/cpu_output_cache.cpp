@@ -1,6 +1,8 @@
 // The cache of large CPU output buffers: see cpu_output_cache.h.
 #include "cpu_output_cache.h"
 
+#include <cerrno>
+#include <cstdint>
 #include <cstdlib>
 #include <list>
 #include <mutex>
@@ -23,8 +25,11 @@ size_t cache_limit_bytes() {
   const char* v = std::getenv("BDH_KERNELS_CPU_CACHE_MB");
   if (!v || !*v) return size_t(1024) << 20;
   char* end = nullptr;
+  errno = 0;
   const long long mb = std::strtoll(v, &end, 10);
   TORCH_CHECK(*end == '\0' && mb >= 0, "BDH_KERNELS_CPU_CACHE_MB must be a whole number of MiB >= 0, got '", v, "'");
+  // more MiB than an address space holds (or than strtoll reads) is no limit, not a wrapped-around one
+  if (errno == ERANGE || static_cast<unsigned long long>(mb) > (SIZE_MAX >> 20)) return SIZE_MAX;
   return size_t(mb) << 20;
 }
 

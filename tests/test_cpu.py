@@ -108,6 +108,16 @@ def test_a_bad_cache_size_is_a_clear_error(cpp):
     assert run.returncode != 0 and "BDH_KERNELS_CPU_CACHE_MB must be a whole number" in run.stderr
 
 
+@pytest.mark.parametrize("megabytes", ["17592186044416", "99999999999999999999"])  # 2^44 MiB; past int64
+def test_a_cache_size_beyond_memory_is_no_limit(cpp, megabytes):
+    env = dict(os.environ, BDH_KERNELS_CPU_CACHE_MB=megabytes)
+    code = ("import torch, bdh_kernels; bdh_kernels.lif(torch.randn(70, 3, 5003), tau_mem=2.0, backend='cpp'); "
+            "print(bdh_kernels.cpu.empty_cache())")
+    run = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    assert int(run.stdout) >= 70 * 3 * 5003 * 4  # the freed output was cached, not the cache turned off
+
+
 _LARGE_OUTPUTS_DIGEST = """
 import hashlib, torch, bdh_kernels
 digest = hashlib.sha256()

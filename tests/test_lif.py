@@ -2,6 +2,7 @@
 import importlib
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -58,6 +59,15 @@ def test_non_float_x_is_a_type_error(dtype):
 def test_bad_arguments_name_the_argument(kwargs, error, match):
     with pytest.raises(error, match=match):
         bdh_kernels.lif(x_of(), **kwargs)
+
+
+def test_numpy_scalars_are_numbers():
+    x = x_of()
+    expected = bdh_kernels.lif(x, tau_mem=2.0, v_threshold=0.5, time_dim=-1)
+    got = bdh_kernels.lif(x, tau_mem=np.float32(2.0), v_threshold=np.float64(0.5), time_dim=np.int64(-1))
+    assert torch.equal(got, expected)
+    with pytest.raises(TypeError, match="tau_mem must be a float"):
+        bdh_kernels.lif(x, tau_mem=np.bool_(True))
 
 
 def test_empty_time_dim():
@@ -273,3 +283,4 @@ def test_unknown_cpu_instruction_set_is_a_clear_error():
     result = run_with_isa("avx9000", script)
     assert result.returncode != 0
     assert "BDH_KERNELS_CPU_ISA must be generic, avx2 or avx512, got 'avx9000'" in result.stderr
+    assert run_with_isa("", script).returncode == 0  # set but empty: no cap, like the other variables

@@ -37,15 +37,26 @@ def test_multi_step_is_stateless_unless_asked():
 def test_single_step_state_must_fit_the_next_input():
     layer = LIF(step_mode="s", backend=BACKEND)
     layer(torch.randn(3, 4))
-    with pytest.raises(ValueError, match="v_init must have the shape"):
+    with pytest.raises(ValueError, match=r"carries a state of shape \(3, 4\).*\(5, 4\): call reset\(\)"):
         layer(torch.randn(5, 4))
     layer.reset()
     layer(torch.randn(5, 4))
+    stateful = LIF(stateful=True, time_dim=1, backend=BACKEND)
+    stateful(torch.randn(2, 6, 4))
+    with pytest.raises(ValueError, match=r"carries a state of shape \(2, 4\).*\(3, 4\)"):
+        stateful(torch.randn(3, 6, 4))
 
 
-def test_bad_step_mode():
-    with pytest.raises(ValueError, match="step_mode"):
-        LIF(step_mode="x")
+@pytest.mark.parametrize("kwargs, error, match", [
+    ({"step_mode": "x"}, ValueError, "step_mode"),
+    ({"tau_mem": 0.5}, ValueError, "tau_mem must be > 1"),
+    ({"surrogate": "nope"}, ValueError, "surrogate must be one of"),
+    ({"output": "voltage"}, ValueError, "output must be"),
+    ({"stateful": 1}, TypeError, "stateful must be a bool"),
+])
+def test_bad_parameters_fail_at_construction(kwargs, error, match):
+    with pytest.raises(error, match=match):
+        LIF(**kwargs)
 
 
 def test_lif_replaces_an_activation_and_the_network_learns():
