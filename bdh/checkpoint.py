@@ -41,8 +41,10 @@ def save_checkpoint(path: str, state: dict) -> None:
 
 
 def list_checkpoints(run_dir: str) -> list:
-    """Resumable checkpoints of a run, newest first (hatching_step_N.pt and hatching_final.pt)."""
-    paths = glob.glob(os.path.join(run_dir, "hatching_step_*.pt")) + glob.glob(os.path.join(run_dir, "hatching_final.pt"))
+    """Resumable checkpoints of a run, newest first: hatching_step_N.pt, hatching_best.pt (a run stopped
+    before its first save_freq step may have only that) and hatching_final.pt."""
+    paths = [p for name in ("hatching_step_*.pt", "hatching_best.pt", "hatching_final.pt")
+             for p in glob.glob(os.path.join(run_dir, name))]
 
     def key(p):
         stem = os.path.basename(p)[len("hatching_"):-3]

@@ -213,16 +213,47 @@ def _finite_or_none(v):
     return v
 
 
+def load_data(cfg: Config, per_rank: int, first_weights: dict, rank: int, world: int):
+    """The prepared splits of ``data.dir`` and the curriculum sampler over their train records; a data
+    directory that is missing, empty or lacks a task the curriculum needs is a ConfigError naming it."""
+    try:
+        splits = load_splits(cfg.data.dir, **({"max_bytes": cfg.data.max_bytes} if cfg.data.max_bytes else {}))
+        sampler = CurriculumSampler({t: s.train for t, s in splits.items()}, per_rank, first_weights,
+                                    seed=cfg.training.seed, rank=rank, world_size=world)
+    except (OSError, ValueError) as e:
+        where = f"data.dir={cfg.data.dir!r}" if cfg.data.dir else "the bundled starter set"
+        raise ConfigError(f"{where}: {e}") from None
+    return splits, sampler
+
+
+LOG_FILES = ("metrics.jsonl", "skipped_steps.jsonl", "alerts.jsonl")
+
+
+def keep_previous_logs(run_dir: str) -> None:
+    """Before a fresh run in a directory that holds another run's logs: move them into
+    ``previous-<UTC time>/`` beside, so that starting over never deletes a run's history."""
+    old = [name for name in LOG_FILES if os.path.exists(os.path.join(run_dir, name))]
+    if not old:
+        return
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
+    keep = os.path.join(run_dir, f"previous-{stamp}")
+    os.makedirs(keep, exist_ok=True)
+    for name in old:
+        os.replace(os.path.join(run_dir, name), os.path.join(keep, name))
+    log.warning("%s held another run's logs; moved them to %s", run_dir, keep)
+
+
 class RunLog:
     """metrics.jsonl (+ TensorBoard, wandb, alerts) on rank 0."""
 
     def __init__(self, run_dir: str, cfg: Config, fresh: bool, use_wandb: bool, name: str):
         self.run_dir = run_dir
-        mode = "w" if fresh else "a"
-        self.metrics = open(os.path.join(run_dir, "metrics.jsonl"), mode)
-        self.skipped = open(os.path.join(run_dir, "skipped_steps.jsonl"), mode)
         if fresh:
-            open(os.path.join(run_dir, "alerts.jsonl"), "w").close()
+            keep_previous_logs(run_dir)
+        self.metrics = open(os.path.join(run_dir, "metrics.jsonl"), "a")
+        self.skipped = open(os.path.join(run_dir, "skipped_steps.jsonl"), "a")
+        if fresh:
+            open(os.path.join(run_dir, "alerts.jsonl"), "a").close()
         self.tb = None
         if cfg.monitor.tensorboard:
             try:
@@ -339,9 +370,7 @@ def _train(cfg, run_dir, device, dtype, resume_from, distributed, use_wandb, nam
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg))
     torch.manual_seed(t_cfg.seed + rank)  # dropout differs between ranks
 
-    splits = load_splits(cfg.data.dir, **({"max_bytes": cfg.data.max_bytes} if cfg.data.max_bytes else {}))
-    sampler = CurriculumSampler({t: s.train for t, s in splits.items()}, per_rank, stages[0][3],
-                                seed=t_cfg.seed, rank=rank, world_size=world)
+    splits, sampler = load_data(cfg, per_rank, stages[0][3], rank, world)
     vals = val_batches(splits, cfg, micro)
     val_records = {t: s.val for t, s in splits.items() if s.val}
 

@@ -231,6 +231,33 @@ def test_truncated_checkpoint_is_refused_clearly_and_others_are_untouched(tmp_pa
         load_checkpoint(str(run / "garbage.pt"))
 
 
+def test_a_fresh_run_keeps_the_previous_runs_logs(tmp_path):
+    assert main(run_args(tmp_path, iters=2)) == 0
+    run = tmp_path / "run"
+    first = rows(run / "metrics.jsonl")
+    assert main(run_args(tmp_path, iters=2)) == 0  # no --resume: starts over in the same directory
+    (previous,) = [p for p in run.iterdir() if p.name.startswith("previous-")]
+    assert rows(previous / "metrics.jsonl") == first
+    assert {r["step"] for r in rows(run / "metrics.jsonl")} == {r["step"] for r in first}
+
+
+def test_resume_auto_takes_the_best_checkpoint_when_it_is_the_only_one(tmp_path, capsys):
+    assert main(run_args(tmp_path, iters=4, sets=["monitor.save_freq=100"])) == 0
+    run = tmp_path / "run"
+    (run / "hatching_final.pt").unlink()
+    assert sorted(p.name for p in run.glob("hatching_*.pt")) == ["hatching_best.pt"]
+    assert list_checkpoints(str(run)) == [str(run / "hatching_best.pt")]
+    assert main(run_args(tmp_path, "--resume", "auto", iters=6, sets=["monitor.save_freq=100"])) == 0
+    assert "--resume auto: " + str(run / "hatching_best.pt") in capsys.readouterr().out
+
+
+def test_a_missing_or_empty_data_dir_is_a_config_error(tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    for data_dir in (tmp_path / "missing", tmp_path / "empty"):
+        assert main(run_args(tmp_path, iters=2, sets=[f"data.dir={data_dir}"])) == 1
+        assert f"error: data.dir={str(data_dir)!r}" in capsys.readouterr().err
+
+
 KILL_DURING_WRITE = textwrap.dedent("""
     import sys, time, torch
     import bdh.checkpoint as t
