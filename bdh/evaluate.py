@@ -46,7 +46,8 @@ def token_losses(logits, targets):
 
 @torch.no_grad()
 def val_losses(model, batches, autocast=None) -> dict:
-    """val_loss_<task>: mean loss per target byte of that task; val_loss: the mean over tasks.
+    """val_loss_<task>: mean loss per target byte of that task; val_loss: the mean over tasks (absent,
+    like the per-task ones, when there are no val target bytes: no loss is not a loss of 0).
 
     batches: ``bdh.data.collate`` batches; autocast: a context manager around the forward (or None).
     """
@@ -63,7 +64,8 @@ def val_losses(model, batches, autocast=None) -> dict:
             counts[task] += n
     model.train(was_training)
     metrics = {f"val_loss_{t}": sums[t] / counts[t] for t in sorted(sums) if counts[t] > 0}
-    metrics["val_loss"] = sum(metrics.values()) / max(1, len(metrics))
+    if metrics:
+        metrics["val_loss"] = sum(metrics.values()) / len(metrics)
     return metrics
 
 
@@ -146,7 +148,8 @@ def evaluate_checkpoint(model, cfg, records_by_task: Mapping[str, Sequence], max
     gen = generation_metrics(model, records_by_task, max_samples, max_new_tokens, prompt_bytes, progress)
     for task, metrics in gen["tasks"].items():
         per_task.setdefault(task, {}).update(metrics)
-    return {"val_loss": losses["val_loss"], "perplexity": math.exp(losses["val_loss"]), "tasks": per_task,
+    val_loss = losses.get("val_loss")  # None without val target bytes
+    return {"val_loss": val_loss, "perplexity": None if val_loss is None else math.exp(val_loss), "tasks": per_task,
             "metrics": gen["metrics"], "overall": gen["overall"], "samples": gen["samples"],
             "settings": {"max_samples": max_samples, "max_loss_records": max_loss_records,
                          "max_new_tokens": max_new_tokens, "prompt_bytes": prompt_bytes, "decoding": "greedy"}}
@@ -164,7 +167,8 @@ def format_report(report: dict) -> str:
     lines.append("")
     for name, m in report["metrics"].items():
         lines.append(f"{'all':<18} {name:<26} {m['value']:>8.3f}  [{m['low']:.3f}, {m['high']:.3f}]  {m['n']:>5}")
-    lines.append(f"{'all':<18} {'val_loss':<26} {report['val_loss']:>8.3f}")
+    if report["val_loss"] is not None:
+        lines.append(f"{'all':<18} {'val_loss':<26} {report['val_loss']:>8.3f}")
     overall = report["overall"]
     lines.append(f"{'all':<18} {'overall':<26} {overall:>8.3f}" if overall is not None else "overall: n/a")
     return "\n".join(lines)

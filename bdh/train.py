@@ -49,7 +49,9 @@ import math
 import os
 import random
 import resource
+import signal
 import sys
+import threading
 import time
 import warnings
 
@@ -68,7 +70,47 @@ from bdh_kernels.cpu import flush_denormal
 log = logging.getLogger("bdh.train")
 
 class TrainingStopped(RuntimeError):
-    """Training stopped on purpose (too many non-finite steps in a row)."""
+    """Training stopped on purpose: too many non-finite steps in a row (exit code 3), or an interrupt
+    (SIGINT/SIGTERM, exit code 130) after its checkpoint was saved."""
+
+    def __init__(self, message: str, exit_code: int = 3):
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+class StopRequest:
+    """While training, the first SIGINT (Ctrl-C) or SIGTERM asks the loop to stop after the current step
+    and save a checkpoint; a second one interrupts at once. Outside the main thread (where handlers cannot
+    be installed) signals keep their default behaviour."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self):
+        self.signum, self.previous = None, {}
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            self.previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
+        return self
+
+    def __exit__(self, *exc):
+        for s, handler in self.previous.items():
+            signal.signal(s, handler)
+
+    def _handle(self, signum, frame):
+        if self.signum is not None:
+            raise KeyboardInterrupt
+        self.signum = signum
+        tqdm.write(f"{signal.Signals(signum).name}: stopping after this step and saving a checkpoint "
+                   "(send it again to stop at once, without one)")
+
+    def requested(self, distributed: bool, device: torch.device) -> bool:
+        """Whether to stop now; with several ranks, whether any rank was asked (all stop at the same step)."""
+        if not distributed:
+            return self.signum is not None
+        flag = torch.tensor([float(self.signum is not None)], device=device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        return bool(flag.item())
 
 
 # ------------------------------------------------------------------------------------------- setup
@@ -213,6 +255,17 @@ def _finite_or_none(v):
     return v
 
 
+def use_config_optimizer_settings(optimizer, scheduler, t_cfg) -> None:
+    """After loading a checkpoint's optimizer and schedule: the config's learning rate, betas and weight
+    decay replace the saved ones (a resumed run may change them; its moments and step count are kept),
+    and the current learning rate is the config's schedule at the saved step."""
+    for group, weight_decay in zip(optimizer.param_groups, (t_cfg.weight_decay, 0.0)):
+        group.update(betas=(t_cfg.beta1, t_cfg.beta2), weight_decay=weight_decay, initial_lr=t_cfg.learning_rate)
+    scheduler.base_lrs = [t_cfg.learning_rate] * len(optimizer.param_groups)
+    for group, factor in zip(optimizer.param_groups, scheduler.lr_lambdas):
+        group["lr"] = t_cfg.learning_rate * factor(scheduler.last_epoch)
+
+
 def load_data(cfg: Config, per_rank: int, first_weights: dict, rank: int, world: int):
     """The prepared splits of ``data.dir`` and the curriculum sampler over their train records; a data
     directory that is missing, empty or lacks a task the curriculum needs is a ConfigError naming it."""
@@ -338,13 +391,14 @@ def train(cfg: Config, run_dir: str, device: torch.device, dtype: torch.dtype, r
     """
     flush = device.type == "cpu" and flush_denormal(True)
     try:
-        return _train(cfg, run_dir, device, dtype, resume_from, distributed, use_wandb, name)
+        with StopRequest() as stop:
+            return _train(cfg, run_dir, device, dtype, resume_from, distributed, use_wandb, name, stop)
     finally:
         if flush:
             flush_denormal(False)
 
 
-def _train(cfg, run_dir, device, dtype, resume_from, distributed, use_wandb, name):
+def _train(cfg, run_dir, device, dtype, resume_from, distributed, use_wandb, name, stop):
     rank, world = (dist.get_rank(), dist.get_world_size()) if distributed else (0, 1)
     master = rank == 0
     t_cfg, mon = cfg.training, cfg.monitor
@@ -381,6 +435,7 @@ def _train(cfg, run_dir, device, dtype, resume_from, distributed, use_wandb, nam
         raw.load_state_dict(ckpt["model_state"])
         optimizer.load_state_dict(ckpt["optimizer_state"])
         scheduler.load_state_dict(ckpt["scheduler_state"])
+        use_config_optimizer_settings(optimizer, scheduler, t_cfg)
         sampler.load_state_dict(ckpt["sampler_state"])
         step, eval_metrics = int(ckpt["step"]), dict(ckpt["eval_metrics"])
         trainer_state = dict(ckpt.get("trainer_state", {}))
@@ -579,6 +634,13 @@ def _train(cfg, run_dir, device, dtype, resume_from, distributed, use_wandb, nam
 
         if step % mon.save_freq == 0:
             save(f"hatching_step_{step}.pt", step)
+        if step < t_cfg.max_iters and stop.requested(distributed, device):
+            save(f"hatching_step_{step}.pt", step)
+            bar.close()
+            if master:
+                runlog.close()
+            raise TrainingStopped(f"interrupted at step {step}; saved {os.path.join(run_dir, f'hatching_step_{step}.pt')}"
+                                  f"; continue with --resume auto", exit_code=130)
         if counters["bad_in_row"] >= mon.max_bad_steps:
             save(f"hatching_step_{step}.pt", step)
             bar.close()
@@ -708,7 +770,7 @@ def main(argv=None) -> int:
         return 0
     except (ConfigError, CheckpointError, TrainingStopped) as e:
         print(f"error: {e}" if not isinstance(e, TrainingStopped) else str(e), file=sys.stderr)
-        return 1 if not isinstance(e, TrainingStopped) else 3
+        return 1 if not isinstance(e, TrainingStopped) else e.exit_code
     finally:
         if distributed and dist.is_initialized():
             dist.destroy_process_group()

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 from bdh.config import load_config
 from bdh.data import TASKS, collate, load_splits
-from bdh.evaluate import checkpoint_score, evaluate_checkpoint, main, quick_eval
+from bdh.evaluate import checkpoint_score, evaluate_checkpoint, main, quick_eval, val_losses
 
 from train_cases import MICRO, small_model
 
@@ -59,6 +59,10 @@ def test_quick_eval_keeps_the_training_run_unchanged(val_records):
     assert "overall" in metrics and "function_format_accuracy" in metrics
     assert quick_eval(model, val_records, load_config("tiny", MICRO + ["monitor.eval_samples=0"])) == {}
     assert "overall" not in quick_eval(model, {"tool_use": []}, cfg)  # nothing scored: no null in the log
+
+
+def test_no_val_bytes_is_no_val_loss_not_a_zero_one():
+    assert val_losses(small_model(), []) == {}
 
 
 def test_checkpoint_score_orders_by_overall_then_val_loss():

@@ -17,7 +17,7 @@ from bdh.config import ConfigError, load_config, stage_schedule
 from bdh.evaluate import checkpoint_score
 from bdh.train import main
 
-from train_cases import CUSTOM, METRIC_KEYS, rows, run_args, subprocess_env
+from train_cases import CUSTOM, METRIC_KEYS, MICRO, rows, run_args, subprocess_env
 
 
 # ------------------------------------------------------------------------------------------- config
@@ -229,6 +229,34 @@ def test_truncated_checkpoint_is_refused_clearly_and_others_are_untouched(tmp_pa
     (run / "garbage.pt").write_bytes(b"not a checkpoint")
     with pytest.raises(CheckpointError, match="garbage.pt"):
         load_checkpoint(str(run / "garbage.pt"))
+
+
+def test_ctrl_c_saves_a_checkpoint_and_resume_continues(tmp_path):
+    sets = ["monitor.log_freq=1", "monitor.save_freq=1000"]
+    cmd = [sys.executable, "-m", "bdh.train", "--device", "cpu"] + run_args(tmp_path, iters=400, sets=sets)
+    proc = subprocess.Popen(cmd, env=subprocess_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    metrics = tmp_path / "run" / "metrics.jsonl"
+    deadline = time.time() + 300
+    while not (metrics.exists() and metrics.read_text().count("\n") >= 2) and time.time() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 130, err
+    (saved,) = (tmp_path / "run").glob("hatching_step_*.pt")
+    step = load_checkpoint(str(saved))["step"]
+    assert 2 <= step < 400 and f"interrupted at step {step}; saved" in err and "--resume auto" in err
+    assert main(run_args(tmp_path, "--resume", "auto", iters=step + 2, sets=sets)) == 0
+    assert load_checkpoint(str(tmp_path / "run" / "hatching_final.pt"))["step"] == step + 2
+
+
+def test_resume_takes_the_configs_optimizer_settings(tmp_path):
+    assert main(run_args(tmp_path, iters=4, sets=["monitor.log_freq=1"])) == 0
+    assert main(run_args(tmp_path, "--resume", "auto", iters=6,
+                         sets=["monitor.log_freq=1", "training.learning_rate=0.5", "training.beta1=0.5"])) == 0
+    cfg = load_config("tiny", [*MICRO, "training.learning_rate=0.5", "training.beta1=0.5"])
+    cfg.training.max_iters = 6  # --set applies after --max-iters scales the warmup: MICRO's warmup stays
+    row = {r["step"]: r for r in rows(tmp_path / "run" / "metrics.jsonl")}[5]
+    assert row["learning_rate"] == pytest.approx(0.5 * train_module.lr_lambda(cfg)(4))
 
 
 def test_a_fresh_run_keeps_the_previous_runs_logs(tmp_path):
