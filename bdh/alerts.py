@@ -146,19 +146,29 @@ def append_alerts(path, alerts: List[Alert]) -> None:
 
 
 def read_alerts(path) -> List[Alert]:
-    """The alerts of an alerts.jsonl file (a partly written last line is ignored)."""
+    """The alerts of an alerts.jsonl file. A line that is not a JSON object (a partly written last line,
+    say) is skipped."""
     alerts = []
     with open(path, encoding="utf-8") as f:
         for line in f:
             try:
-                alerts.append(Alert.from_dict(json.loads(line)))
+                row = json.loads(line)
             except ValueError:
                 continue
+            if isinstance(row, dict):
+                alerts.append(Alert.from_dict(row))
     return alerts
 
 
-LAYER_RATE = re.compile(r"firing_rate_layer\d+$")
+LAYER_RATE = re.compile(r"firing_rate_layer(\d+)$")  # group 1: the layer's index
 COUNTERS = ("nan_count", "inf_count")
+
+
+def is_step(value) -> bool:
+    """Whether value can be a metrics row's step: an int, or a finite float (bools are not numbers)."""
+    if isinstance(value, bool):
+        return False
+    return isinstance(value, int) or (isinstance(value, float) and math.isfinite(value))
 
 
 def _number(row: dict, key: str) -> Optional[float]:
@@ -313,8 +323,8 @@ class AlertMonitor:
     def update(self, row: dict) -> List[Alert]:
         """Evaluate one metrics row; return the alerts that start or clear at it."""
         step = row.get("step")
-        if isinstance(step, bool) or not isinstance(step, (int, float)):
-            raise ValueError(f"a metrics row needs a numeric 'step', got {step!r}")
+        if not is_step(step):
+            raise ValueError(f"a metrics row needs a finite numeric 'step', got {step!r}")
         step = int(step)
         results = {
             "nan_detected": self._nan(row),

@@ -6,6 +6,7 @@ the trainer uses, and shows a refreshing terminal view; ``--plot`` keeps a PNG d
 ``--export`` writes every logged metric to CSV and ``--once`` prints a summary for scripts.
 """
 import argparse
+import contextlib
 import csv
 import json
 import math
@@ -15,7 +16,7 @@ import time
 from pathlib import Path
 from typing import List, Optional, Tuple
 
-from .alerts import CRITICAL, START, Alert, AlertMonitor
+from .alerts import CRITICAL, LAYER_RATE, START, Alert, AlertMonitor, is_step
 from .metrics import OVERALL_WEIGHTS
 
 # the generation metrics of the trainer's evals (bdh.evaluate.quick_eval), in the order shown
@@ -49,7 +50,8 @@ one-shot modes (read the file as it is now, then exit):
   --export FILE     write every logged metric to CSV (one column per key ever logged)
   with --plot, either one also writes the dashboard once.
 
-exit status: 0 fine; 1 error (no log dir, no metrics file, bad option, --plot without matplotlib);
+exit status: 0 fine; 1 error (no log dir, no metrics file, bad option, --plot without matplotlib,
+             an output path that cannot be written);
              2 with --once: a critical alert is active at the end of the log.
 
 examples:
@@ -99,9 +101,9 @@ class MetricsReader:
     """Read a growing JSON-lines file: each call returns the rows completed since the last one.
 
     A last line without its newline is still being written: it is kept and completed by the next
-    read. A complete line that is not a JSON object is counted in ``bad_lines`` and skipped. If the
-    file shrinks (a run restarted over the same folder), reading starts again from the top and
-    ``restarted`` is set.
+    read. A complete line that is not a JSON object with a finite numeric ``step`` (NaN, Infinity and
+    1e400 are not) is counted in ``bad_lines`` and skipped. If the file shrinks (a run restarted over
+    the same folder), reading starts again from the top and ``restarted`` is set.
     """
 
     def __init__(self, path):
@@ -133,7 +135,7 @@ class MetricsReader:
             except ValueError:
                 self.bad_lines += 1
                 continue
-            if isinstance(row, dict) and isinstance(row.get("step"), (int, float)) and not isinstance(row["step"], bool):
+            if isinstance(row, dict) and is_step(row.get("step")):
                 rows.append(row)
             else:
                 self.bad_lines += 1
@@ -209,6 +211,15 @@ def _duration(seconds: float) -> str:
     return f"{seconds:.0f} s"
 
 
+def layer_rate_keys(keys) -> List[str]:
+    """The firing_rate_layer* keys among keys: numbered layers in numeric order, then any other such key
+    (firing_rate_layer_max, say) in alphabetical order."""
+    def order(key):
+        match = LAYER_RATE.match(key)
+        return (0, int(match.group(1)), "") if match else (1, 0, key)
+    return sorted((k for k in set(keys) if k.startswith("firing_rate_layer")), key=order)
+
+
 def render(state: RunState, path: Path, reader: Optional[MetricsReader] = None, now: Optional[float] = None,
            recent_events: int = 8) -> str:
     """The text view: where the run is, its latest metrics, and its alerts."""
@@ -248,9 +259,7 @@ def render(state: RunState, path: Path, reader: Optional[MetricsReader] = None, 
         lines.append(f"  {'answers':<9}" + "   ".join(f"{k} {_num(v, '.3g')}" for k, v in answers.items())
                      + f"   (step {step})")
     group("grads", ["grad_norm", "grad_max", "nan_count", "inf_count"])
-    group("neurons", ["firing_rate"] + sorted((k for k in row if k.startswith("firing_rate_layer")),
-                                              key=lambda k: int(k[len("firing_rate_layer"):] or 0))
-          + ["activation_mean", "activation_std"])
+    group("neurons", ["firing_rate"] + layer_rate_keys(row) + ["activation_mean", "activation_std"])
     group("learning", ["learning_rate", "weight_norm", "update_ratio"])
     group("speed", ["tokens_per_s", "peak_memory_mb"], ".1f")
     group("other", [k for k in row if k not in shown])
@@ -268,22 +277,34 @@ def render(state: RunState, path: Path, reader: Optional[MetricsReader] = None, 
 
 
 # ---------------------------------------------------------------------------------------------
-# CSV export
+# Output files
+
+
+@contextlib.contextmanager
+def _output(path: Path):
+    """For writing path: create its missing parent folders, and turn an OSError (a folder in the way,
+    no permission) into a MonitorError naming path."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:  # a file in the way, say: e names it
+        raise MonitorError(f"cannot create the folder of {path}: {e}") from e
+    try:
+        yield
+    except OSError as e:
+        raise MonitorError(f"cannot write {path}: {e.strerror or e}") from e
 
 
 def export_csv(rows: List[dict], path) -> List[str]:
     """Write rows to CSV with one column per key ever logged (first seen order, step first); a
-    missing value is an empty cell. Floats are written with repr, so they read back exactly. Returns
-    the columns."""
+    missing value is an empty cell. Floats are written with repr, so they read back exactly. Missing
+    parent folders are created; a path that cannot be written is a MonitorError. Returns the columns."""
     columns = {"step": None}
     for row in rows:
         for key in row:
             columns.setdefault(key, None)
     columns = list(columns)
     path = Path(path)
-    if path.parent != Path(""):
-        path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", newline="", encoding="utf-8") as f:
+    with _output(path), open(path, "w", newline="", encoding="utf-8") as f:
         writer = csv.writer(f)
         writer.writerow(columns)
         for row in rows:
@@ -318,7 +339,8 @@ def _series(rows, key):
 def write_dashboard(state: RunState, path) -> None:
     """Draw the dashboard PNG (matplotlib, Agg backend): loss by task, grad norm, firing rate,
     learning rate, update ratio, and the alerts; the stage boundaries are vertical lines on every
-    panel. Written to a temporary file and renamed, so a viewer never sees half an image."""
+    panel. Written to a temporary file and renamed, so a viewer never sees half an image; missing
+    parent folders are created, and a path that cannot be written is a MonitorError."""
     try:
         import matplotlib
     except ImportError as e:
@@ -346,8 +368,7 @@ def write_dashboard(state: RunState, path) -> None:
     grad_ax.axhline(state.alerts.grad_norm_max, color="tab:orange", ls=":", lw=1, label="alert > 100")
     grad_ax.set_title("gradient norm")
 
-    for key in sorted((k for k in {k for row in rows for k in row} if k.startswith("firing_rate_layer")),
-                      key=lambda k: int(k[len("firing_rate_layer"):] or 0)):
+    for key in layer_rate_keys(k for row in rows for k in row):
         fire_ax.plot(*_series(rows, key), lw=0.7, alpha=0.6, label=key[len("firing_rate_"):])
     fire_ax.plot(*_series(rows, "firing_rate"), color="black", lw=1.4, label="mean")
     fire_ax.axhline(0.1, color="tab:green", ls="--", lw=1, label="target 0.1")
@@ -396,8 +417,12 @@ def write_dashboard(state: RunState, path) -> None:
 
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp")
-    fig.savefig(tmp, format="png")
-    os.replace(tmp, path)
+    with _output(path):
+        try:
+            fig.savefig(tmp, format="png")
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
 
 
 def _wrap(text: str, width: int) -> str:

@@ -20,7 +20,6 @@ tier_gpu            per tier on a GPU: one step with the micro-batch the trainer
 ``test_model_goals`` prints issue 8's model goals; ``python benchmarks/bench_model.py bench.json`` prints the
 Markdown tables of a JSON written with ``--benchmark-json``.
 """
-import sys
 import time
 
 import pytest
@@ -33,6 +32,7 @@ from bdh.model import Hatching
 from bdh.train import choose_micro_batch, predict_peak_bytes, resolve_dtype
 from bdh_kernels.cpu import flush_denormal
 from goals import load_cases, print_goals, verdict
+from report import report_main
 
 SMOKE_MODEL = ["model.n_layer=2", "model.n_embd=32", "model.n_head=2", "model.mlp_internal_dim_multiplier=4",
                "training.batch_size=4", "training.max_seq_len=32"]
@@ -262,4 +262,4 @@ def markdown(path):
 
 
 if __name__ == "__main__":
-    print(markdown(sys.argv[1]))
+    report_main("Markdown tables of the model cases in a pytest-benchmark JSON.", markdown)

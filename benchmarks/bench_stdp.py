@@ -32,8 +32,6 @@ largest amount of tensor memory allocated during one call, from the torch profil
 ``test_stdp_goals`` prints issue 5's goal lines; ``python benchmarks/bench_stdp.py bench.json`` prints the
 Markdown table of a JSON written with ``--benchmark-json``.
 """
-import sys
-
 import pytest
 import torch
 
@@ -42,6 +40,7 @@ import bdh_kernels.stdp as stdp_module
 from bdh_kernels import backends as bdh_backends
 from bdh_kernels import reference
 from goals import load_cases, print_goals, verdict
+from report import report_main
 
 INSTALL = "pip install --no-deps -r requirements-peers.txt"
 TAU_PRE = TAU_POST = 20.0
@@ -325,5 +324,4 @@ def markdown(path):
 
 
 if __name__ == "__main__":
-    print(markdown(sys.argv[1]))
-    print(product_table(sys.argv[1]))
+    report_main("Markdown tables of the STDP cases in a pytest-benchmark JSON.", markdown, product_table)

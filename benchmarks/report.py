@@ -8,6 +8,9 @@ Tables, per device / dtype / mode: the median (and min) in ms of each library on
 4-clone floor measured in the same run for the same shape; bytes autograd saves per neuron-step
 (fwd+bwd); and the goal lines of issue 3 for bdh_cpp on [128, 32, 4096]. Everything is computed from the
 JSON's medians (not from numbers recorded elsewhere).
+
+The other report scripts (``python benchmarks/bench_stdp.py bench.json``, ``bench_model.py``) share this one's
+command line and file checks: :func:`report_main`.
 """
 import argparse
 import json
@@ -21,20 +24,53 @@ PEERS = ["spikingjelly", "snntorch_unbind", "norse_lifbox_unbind", "norse_lifcel
 TARGET_SHAPE = (128, 32, 4096)
 
 
+class ReportError(Exception):
+    """A benchmark JSON the reports cannot use (missing, unreadable, not pytest-benchmark's layout): printed
+    as one line naming the file, exit status 1."""
+
+
+def read_json(path) -> dict:
+    """The pytest-benchmark JSON at path: an object whose "benchmarks", if present, is a list of objects.
+    Anything else is a ReportError naming path."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except OSError as e:
+        raise ReportError(f"cannot read {path}: {e.strerror or e}") from e
+    except ValueError as e:  # not UTF-8
+        raise ReportError(f"cannot read {path}: {e}") from e
+    if not text.strip():
+        raise ReportError(f"{path} is empty (did the benchmark run finish?)")
+    try:
+        data = json.loads(text)
+    except ValueError as e:
+        raise ReportError(f"{path} is not JSON: {e}") from e
+    benchmarks = data.get("benchmarks", []) if isinstance(data, dict) else None
+    if not isinstance(benchmarks, list) or not all(isinstance(b, dict) for b in benchmarks):
+        raise ReportError(f"{path} is not a pytest-benchmark JSON: expected an object with a list of "
+                          f"benchmark objects under \"benchmarks\"")
+    return data
+
+
 def load(path):
-    with open(path) as f:
-        data = json.load(f)
+    """The JSON at path and its LIF cases, one row each; a LIF case without the fields the tables need
+    is a ReportError."""
+    data = read_json(path)
     rows = []
     for b in data.get("benchmarks", []):
-        info = b.get("extra_info", {})
+        info = b.get("extra_info") or {}
         if "library" not in info:
             continue  # not a LIF case
-        rows.append({
-            "device": info["device"], "dtype": info["dtype"], "mode": info["mode"],
-            "shape": tuple(info["shape"]), "library": info["library"], "full": info.get("full"),
-            "median_s": b["stats"]["median"], "min_s": b["stats"]["min"], "rounds": b["stats"]["rounds"],
-            "saved": info.get("saved_bytes_per_neuron_step"),
-        })
+        try:
+            rows.append({
+                "device": info["device"], "dtype": info["dtype"], "mode": info["mode"],
+                "shape": tuple(info["shape"]), "library": info["library"], "full": info.get("full"),
+                "median_s": b["stats"]["median"], "min_s": b["stats"]["min"], "rounds": b["stats"]["rounds"],
+                "saved": info.get("saved_bytes_per_neuron_step"),
+            })
+        except (KeyError, TypeError) as e:
+            raise ReportError(f"{path}: LIF benchmark {b.get('name', '?')!r} lacks a field the report needs "
+                              f"({type(e).__name__}: {e})") from e
     return data, rows
 
 
@@ -276,12 +312,37 @@ def sweep_plots(rows, folder, plt):
     return written
 
 
-def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def json_parser(description: str) -> argparse.ArgumentParser:
+    """The report scripts' argument parser: one positional argument, the pytest-benchmark JSON."""
+    ap = argparse.ArgumentParser(description=description)
     ap.add_argument("json", help="file written by pytest --benchmark-json")
+    return ap
+
+
+def checked(ap: argparse.ArgumentParser, loader, path):
+    """loader(path); a ReportError ends the program as a one-line error (exit status 1)."""
+    try:
+        return loader(path)
+    except ReportError as e:
+        ap.exit(1, f"{ap.prog}: error: {e}\n")
+
+
+def report_main(description: str, *tables, argv=None) -> None:
+    """The command line of a report script: ``SCRIPT bench.json`` prints each table(path) in turn. No
+    argument is a usage error (exit status 2); a file that is not a readable pytest-benchmark JSON, a
+    one-line error (exit status 1)."""
+    ap = json_parser(description)
+    path = ap.parse_args(argv).json
+    checked(ap, read_json, path)
+    for table in tables:
+        print(table(path))
+
+
+def main(argv=None):
+    ap = json_parser(__doc__.splitlines()[0])
     ap.add_argument("--plots", metavar="DIR", help="also write PNG bar charts there (needs matplotlib)")
     args = ap.parse_args(argv)
-    data, rows = load(args.json)
+    data, rows = checked(ap, load, args.json)
     if not rows:
         print(f"no LIF benchmark in {args.json}", file=sys.stderr)
         return 1

@@ -209,6 +209,13 @@ def test_alerts_are_json_and_round_trip(tmp_path):
     assert isinstance(back[0], Alert) and "inf" in back[0].message
 
 
+def test_read_alerts_skips_lines_that_are_not_json_objects(tmp_path):
+    alert = Alert("loss_high", CRITICAL, START, 5, 11.0, 10.0, "train_loss 11 > 10", RULES["loss_high"].action)
+    path = tmp_path / "alerts.jsonl"
+    path.write_text("[1]\n" + alert.to_json() + '\n"text"\n3\nnull\n' + alert.to_json()[:20])
+    assert [a.to_dict() for a in read_alerts(path)] == [alert.to_dict()]
+
+
 def test_state_dict_resumes_exactly():
     rows = flat_after(healthy_rows(2000, log_every=10), 900)
     rows[40]["grad_norm"] = 300.0
@@ -222,6 +229,8 @@ def test_state_dict_resumes_exactly():
     assert second.active.keys() == straight.active.keys()
 
 
-def test_a_row_without_a_step_is_an_error():
+@pytest.mark.parametrize("step", [None, True, "5", math.nan, math.inf, -math.inf])
+def test_a_row_without_a_finite_step_is_an_error(step):
+    row = {"train_loss": 3.0} if step is None else {"step": step, "train_loss": 3.0}
     with pytest.raises(ValueError, match="step"):
-        AlertMonitor().update({"train_loss": 3.0})
+        AlertMonitor().update(row)

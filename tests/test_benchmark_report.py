@@ -2,6 +2,7 @@
 import importlib.util
 import json
 import os
+import runpy
 
 import pytest
 
@@ -92,3 +93,48 @@ def test_stdp_tables_from_a_benchmark_json(tmp_path, monkeypatch):
     products = bench_stdp.product_table(str(path))
     assert "| 0.1 | 4.00 | 13.00 | 3.2x |" in products
     assert "| 0.2 |" not in products  # no torch.mm case to compare with
+
+
+@pytest.mark.parametrize("content, why", [
+    (None, "cannot read {path}: No such file or directory"),
+    ("", "{path} is empty"),
+    ("{", "{path} is not JSON"),
+    ("[]", "{path} is not a pytest-benchmark JSON"),
+    ('{"benchmarks": null}', "{path} is not a pytest-benchmark JSON"),
+    ('{"benchmarks": [1]}', "{path} is not a pytest-benchmark JSON"),
+    ('{"benchmarks": [{"name": "lif", "extra_info": {"library": "bdh_cpp"}}]}',
+     "{path}: LIF benchmark 'lif' lacks a field the report needs (KeyError: 'device')"),
+])
+def test_report_on_a_bad_file_is_a_one_line_error(tmp_path, capsys, content, why):
+    path = tmp_path / "bench.json"
+    if content is not None:
+        path.write_text(content)
+    with pytest.raises(SystemExit) as exit_:
+        report.main([str(path)])
+    assert exit_.value.code == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and why.format(path=path) in err
+
+
+def _run_script(name, args, monkeypatch):
+    """Run benchmarks/<name> as `python benchmarks/<name> ARGS` would, in this process."""
+    script = os.path.join(HERE, "..", "benchmarks", name)
+    monkeypatch.syspath_prepend(os.path.dirname(script))  # its `from goals import ...`
+    monkeypatch.setattr("sys.argv", [script, *args])
+    runpy.run_path(script, run_name="__main__")
+
+
+@pytest.mark.parametrize("name", ["bench_stdp.py", "bench_model.py"])
+def test_report_scripts_check_their_argument(tmp_path, capsys, monkeypatch, name):
+    with pytest.raises(SystemExit) as exit_:
+        _run_script(name, [], monkeypatch)
+    assert exit_.value.code == 2 and "usage:" in capsys.readouterr().err
+    missing = tmp_path / "missing.json"
+    with pytest.raises(SystemExit) as exit_:
+        _run_script(name, [str(missing)], monkeypatch)
+    assert exit_.value.code == 1
+    assert capsys.readouterr().err == f"{name}: error: cannot read {missing}: No such file or directory\n"
+    empty = tmp_path / "empty.json"
+    empty.write_text('{"benchmarks": []}')
+    _run_script(name, [str(empty)], monkeypatch)
+    assert f"no {'STDP' if name == 'bench_stdp.py' else 'model'} benchmark in {empty}" in capsys.readouterr().out

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from bdh.monitor import EXIT_CRITICAL, EXIT_ERROR, EXIT_OK, MetricsReader, MonitorError, find_metrics, follow, main
+from bdh.monitor import (EXIT_CRITICAL, EXIT_ERROR, EXIT_OK, MetricsReader, MonitorError, find_metrics, follow,
+                         layer_rate_keys, main)
 from metrics_cases import healthy_rows, write_metrics
 
 REPO = Path(__file__).resolve().parents[1]
@@ -68,6 +69,18 @@ def test_reader_keeps_a_partial_last_line_until_it_is_complete(tmp_path):
         f.write(line[11:] + "\nnot json\n" + json.dumps([1, 2]) + "\n" + json.dumps({"step": 30}) + "\n")
     assert [r["step"] for r in reader.read()] == [20, 30]
     assert reader.bad_lines == 2 and not reader.restarted
+
+
+@pytest.mark.parametrize("step", ["NaN", "Infinity", "-Infinity", "1e400"])
+def test_a_row_whose_step_is_not_finite_is_skipped_and_counted(tmp_path, capsys, step):
+    path = tmp_path / "metrics.jsonl"
+    path.write_text(json.dumps({"step": 100, "train_loss": 3.0}) + "\n"
+                    + f'{{"step": {step}, "train_loss": 2.0}}\n' + json.dumps({"step": 10**30}) + "\n")
+    reader = MetricsReader(path)
+    assert [r["step"] for r in reader.read()] == [100, 10**30]  # a huge int is still a step
+    assert reader.bad_lines == 1
+    assert main(["--log-dir", str(tmp_path), "--once"]) == EXIT_OK
+    assert "(1 unreadable line(s) skipped)" in capsys.readouterr().out
 
 
 def test_reader_starts_again_when_the_file_is_rewritten(tmp_path):
@@ -127,6 +140,17 @@ def test_once_ignores_a_half_written_last_line(run_dir, capsys):
     assert "step 1000" in captured.out and "incomplete" in captured.err
 
 
+def test_layer_rates_without_a_number_come_after_the_numbered_layers(tmp_path, capsys):
+    row = {"step": 100, "train_loss": 3.0, "firing_rate_layer10": 0.3, "firing_rate_layer_max": 0.4,
+           "firing_rate_layer2": 0.2, "firing_rate_layer": 0.5}
+    assert layer_rate_keys(row) == ["firing_rate_layer2", "firing_rate_layer10", "firing_rate_layer",
+                                    "firing_rate_layer_max"]
+    write_metrics(tmp_path / "metrics.jsonl", [row])
+    assert main(["--log-dir", str(tmp_path), "--once"]) == EXIT_OK
+    assert ("neurons  firing_rate_layer2 0.2   firing_rate_layer10 0.3   firing_rate_layer 0.5   "
+            "firing_rate_layer_max 0.4") in capsys.readouterr().out
+
+
 # -- --export
 
 
@@ -174,6 +198,25 @@ def test_plot_writes_a_png_dashboard(run_dir, tmp_path, capsys):
     assert main(["--log-dir", str(run_dir), "--export", str(tmp_path / "m.csv"), "--plot", str(elsewhere)]) == EXIT_OK
     assert elsewhere.stat().st_size > 20_000
     assert not list(run_dir.glob(".*.tmp"))
+
+
+def test_plot_creates_its_folder_and_output_paths_that_cannot_be_written_are_one_line_errors(run_dir, tmp_path,
+                                                                                               capsys):
+    pytest.importorskip("matplotlib")
+    png = tmp_path / "new" / "folder" / "dash.png"
+    assert main(["--log-dir", str(run_dir), "--once", "--plot", str(png)]) == EXIT_OK
+    assert png.stat().st_size > 20_000
+    capsys.readouterr()
+    (tmp_path / "a_file").write_text("")
+    for option, path, why in (("--export", tmp_path, f"cannot write {tmp_path}: Is a directory"),
+                              ("--plot", tmp_path / "new", f"cannot write {tmp_path / 'new'}: Is a directory"),
+                              ("--export", tmp_path / "a_file" / "m.csv", "cannot create the folder of"),
+                              ("--plot", tmp_path / "a_file" / "d.png", "cannot create the folder of")):
+        assert main(["--log-dir", str(run_dir), "--once", option, str(path)]) == EXIT_ERROR, option
+        err = capsys.readouterr().err
+        assert err.startswith("python -m bdh.monitor: error: ") and err.count("\n") == 1 and why in err
+        assert str(path) in err
+    assert not list(tmp_path.glob(".*.tmp"))
 
 
 # -- the live view
