@@ -78,6 +78,8 @@ def resolve_device(name: str, what: str = "training.device") -> torch.device:
         device = torch.device(name)
     except RuntimeError:
         raise ConfigError(f"{what}: {name!r} is not a device (auto, cpu, cuda or cuda:N)") from None
+    if device.type not in ("cpu", "cuda"):
+        raise ConfigError(f"{what}: {name!r} is not supported (auto, cpu, cuda or cuda:N)")
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"{what}: {name!r} asked for but CUDA is not available")
     if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():

@@ -321,6 +321,10 @@ def validate(cfg: Config) -> Config:
     need(t.warmup_iters >= 0, "training.warmup_iters", f"must be >= 0, got {t.warmup_iters}")
     need(t.grad_clip >= 0, "training.grad_clip", f"must be >= 0, got {t.grad_clip}")
     need(t.weight_decay >= 0, "training.weight_decay", f"must be >= 0, got {t.weight_decay}")
+    for key in ("beta1", "beta2"):
+        need(0 <= getattr(t, key) < 1, f"training.{key}", f"must be in [0, 1), got {getattr(t, key)}")
+    need(0 <= t.seed < 2**32, "training.seed", f"must be in [0, 2**32), got {t.seed}")
+    need(cfg.data.max_bytes >= 0, "data.max_bytes", f"must be >= 0 (0: the default), got {cfg.data.max_bytes}")
     need(t.micro_batch_size >= 0, "training.micro_batch_size", f"must be >= 0 (0: automatic), got {t.micro_batch_size}")
     need(t.memory_budget_gb >= 0, "training.memory_budget_gb", f"must be >= 0, got {t.memory_budget_gb}")
     need(t.dtype in ("auto", "float32", "bfloat16"), "training.dtype",

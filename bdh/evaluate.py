@@ -23,6 +23,7 @@ import argparse
 import contextlib
 import json
 import math
+import os
 import sys
 from collections import defaultdict
 from typing import Mapping, Optional, Sequence
@@ -193,6 +194,17 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
+def check_writable(path: str, what: str) -> None:
+    """A ValueError naming ``what`` unless a file can be written at ``path`` (an existing, writable folder)."""
+    folder = os.path.dirname(os.path.abspath(path))
+    if os.path.isdir(path):
+        raise ValueError(f"{what}: {path!r} is a directory")
+    if not os.path.isdir(folder):
+        raise ValueError(f"{what}: the folder of {path!r} does not exist")
+    if not os.access(folder, os.W_OK):
+        raise ValueError(f"{what}: cannot write in the folder of {path!r}")
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     try:
@@ -202,6 +214,8 @@ def main(argv=None) -> int:
         for name in ("prompt_bytes", "max_loss_records"):
             if getattr(args, name) is not None and getattr(args, name) < 1:
                 raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+        if args.out:
+            check_writable(args.out, "--out")  # before the evaluation, not after it
         model, cfg, ckpt = load_model(args.checkpoint, resolve_device(args.device, "--device"))
         splits = load_splits(args.data_dir)
     except (CheckpointError, ValueError, FileNotFoundError) as e:
@@ -219,7 +233,11 @@ def main(argv=None) -> int:
     print(f"{args.checkpoint} (step {ckpt['step']})")
     print(format_report(report))
     if args.out:
-        write_atomic(args.out, json.dumps(report, indent=1) + "\n")
+        try:
+            write_atomic(args.out, json.dumps(report, indent=1) + "\n")
+        except OSError as e:
+            print(f"error: --out: cannot write {args.out}: {e}", file=sys.stderr)
+            return 1
         print(f"wrote {args.out}")
     return 0
 

@@ -15,6 +15,7 @@ seeded generator. Generation stops after the EOS byte (0, which ends every train
 """
 import argparse
 import codecs
+import os
 import sys
 from typing import Iterator, List, Optional, Sequence
 
@@ -149,10 +150,10 @@ def main(argv=None) -> int:
     except (CheckpointError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
+    prompt = os.fsencode(args.prompt)  # the bytes as given, even when they are not valid UTF-8
     decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")  # a character may span several bytes
-    sys.stdout.write(args.prompt)
-    for byte in generate_bytes(model, args.prompt.encode(), args.max_new_tokens, args.temperature, args.top_k,
-                               args.seed):
+    sys.stdout.write(decoder.decode(prompt))
+    for byte in generate_bytes(model, prompt, args.max_new_tokens, args.temperature, args.top_k, args.seed):
         if byte != EOS:
             sys.stdout.write(decoder.decode(bytes([byte])))
             sys.stdout.flush()

@@ -54,6 +54,7 @@ import sys
 import threading
 import time
 import warnings
+from typing import Optional
 
 import numpy as np
 import torch
@@ -65,6 +66,7 @@ from bdh.config import Config, ConfigError, load_config, parse_override, set_val
 from bdh.data import IGNORE_INDEX, TASKS, CurriculumSampler, collate, load_splits
 from bdh.evaluate import checkpoint_score, quick_eval, token_losses, val_losses
 from bdh.model import Hatching
+from bdh_kernels import backends as bdh_backends
 from bdh_kernels.cpu import flush_denormal
 
 log = logging.getLogger("bdh.train")
@@ -296,22 +298,62 @@ def keep_previous_logs(run_dir: str) -> None:
     log.warning("%s held another run's logs; moved them to %s", run_dir, keep)
 
 
-class RunLog:
-    """metrics.jsonl (+ TensorBoard, wandb, alerts) on rank 0."""
+def drop_rows_after(path: str, step: int) -> None:
+    """Rewrite the JSON-lines file at ``path`` (atomically) without its rows of steps after ``step``, which
+    a run resumed from that step logs again, and without a half-written last line (a killed process's).
+    Other lines are kept."""
+    if not os.path.exists(path):
+        return
+    with open(path, encoding="utf-8", errors="replace") as f:
+        text = f.read()
+    lines = text.splitlines()
+    if text and not text.endswith("\n") and not _parses(lines[-1]):
+        lines.pop()
+    kept = [line for line in lines if not _row_after(line, step)]
+    if kept == text.splitlines():
+        return
+    tmp = f"{path}.tmp.{os.getpid()}"
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.writelines(line + "\n" for line in kept)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
 
-    def __init__(self, run_dir: str, cfg: Config, fresh: bool, use_wandb: bool, name: str):
+
+def _parses(line: str) -> bool:
+    try:
+        json.loads(line)
+    except ValueError:
+        return False
+    return True
+
+
+def _row_after(line: str, step: int) -> bool:
+    if not _parses(line):
+        return False
+    row = json.loads(line)
+    return isinstance(row, dict) and isinstance(row.get("step"), (int, float)) and row["step"] > step
+
+
+class RunLog:
+    """metrics.jsonl (+ TensorBoard, wandb, alerts) on rank 0. A fresh run moves another run's logs aside;
+    a run resumed at ``resumed_step`` drops the rows logged after it (they are logged again)."""
+
+    def __init__(self, run_dir: str, cfg: Config, resumed_step: Optional[int], use_wandb: bool, name: str):
         self.run_dir = run_dir
-        if fresh:
+        if resumed_step is None:
             keep_previous_logs(run_dir)
+        else:
+            for log_file in LOG_FILES:
+                drop_rows_after(os.path.join(run_dir, log_file), resumed_step)
         self.metrics = open(os.path.join(run_dir, "metrics.jsonl"), "a")
         self.skipped = open(os.path.join(run_dir, "skipped_steps.jsonl"), "a")
-        if fresh:
-            open(os.path.join(run_dir, "alerts.jsonl"), "a").close()
+        open(os.path.join(run_dir, "alerts.jsonl"), "a").close()
         self.tb = None
         if cfg.monitor.tensorboard:
             try:
                 from torch.utils.tensorboard import SummaryWriter
-                self.tb = SummaryWriter(run_dir)
+                self.tb = SummaryWriter(run_dir, purge_step=None if resumed_step is None else resumed_step + 1)
             except ImportError:
                 pass
         self.wandb = None
@@ -408,6 +450,10 @@ def _train(cfg, run_dir, device, dtype, resume_from, distributed, use_wandb, nam
     micro, peak, budget = choose_micro_batch(cfg, per_rank, dtype, device, world)
     accum = per_rank // micro
     stages = cfg.stages()
+    if peak > budget and rank == 0:
+        log.warning("the predicted peak memory %.2f GiB exceeds the budget %.2f GiB even at micro-batch %d: "
+                    "training may run out of memory (try training.activation_checkpointing=true)",
+                    peak / 2**30, budget / 2**30, micro)
 
     # model, optimizer, schedule: seeded identically on every rank (DDP also broadcasts rank 0's weights)
     torch.manual_seed(t_cfg.seed)
@@ -453,7 +499,7 @@ def _train(cfg, run_dir, device, dtype, resume_from, distributed, use_wandb, nam
         model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     model.train()
     autocast = torch.autocast(device.type, dtype=dtype) if dtype != torch.float32 else contextlib.nullcontext()
-    runlog = RunLog(run_dir, cfg, fresh=fresh, use_wandb=use_wandb, name=name) if master else None
+    runlog = RunLog(run_dir, cfg, None if fresh else step, use_wandb=use_wandb, name=name) if master else None
     if master and resume_state.get("alerts") is not None and runlog.alert_monitor is not None:
         runlog.alert_monitor.load_state_dict(resume_state["alerts"])
 
@@ -744,8 +790,14 @@ def main(argv=None) -> int:
                     for f in dataclasses.fields(saved) if getattr(saved, f.name) != getattr(cfg.model, f.name)]
             if diff:
                 raise CheckpointError("the checkpoint's model differs from the config: " + "; ".join(diff))
+            if ckpt["step"] >= cfg.training.max_iters:
+                raise ConfigError(f"the checkpoint is at step {ckpt['step']}, training.max_iters is "
+                                  f"{cfg.training.max_iters}: nothing left to train (a larger --max-iters continues)")
         device = resolve_device(cfg.training.device)
         dtype = resolve_dtype(cfg.training.dtype, device)
+        why = cfg.lif.backend and bdh_backends.unavailable_reason(cfg.lif.backend, device)
+        if why:
+            raise ConfigError(f"lif.backend: {cfg.lif.backend!r} cannot run on {device}: {why}")
         world = dist.get_world_size() if distributed else 1
         if args.dry_run:
             per_rank = cfg.training.batch_size // world
@@ -768,7 +820,7 @@ def main(argv=None) -> int:
             dist.barrier()
         train(cfg, run_dir, device, dtype, resume_from=ckpt, distributed=distributed, use_wandb=args.wandb, name=name)
         return 0
-    except (ConfigError, CheckpointError, TrainingStopped) as e:
+    except (ConfigError, CheckpointError, TrainingStopped, OSError) as e:  # OSError: unwritable --log-dir, full disk
         print(f"error: {e}" if not isinstance(e, TrainingStopped) else str(e), file=sys.stderr)
         return 1 if not isinstance(e, TrainingStopped) else e.exit_code
     finally:

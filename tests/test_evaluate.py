@@ -93,6 +93,7 @@ def test_cli_prints_the_table_and_writes_the_json(micro_checkpoint, tmp_path, ca
 @pytest.mark.parametrize("case, match", [
     ("missing", "does not exist"), ("corrupt", "truncated or corrupt"), ("max_samples", "--max-samples"),
     ("prompt_bytes", "--prompt-bytes"), ("device", "--device"), ("data_dir", "nowhere"),
+    ("out_folder", "--out: the folder of"), ("out_is_a_folder", "is a directory"),
 ])
 def test_cli_errors_are_clear(micro_checkpoint, tmp_path, capsys, case, match):
     (tmp_path / "bad.pt").write_bytes(open(micro_checkpoint, "rb").read()[:1000])
@@ -101,7 +102,9 @@ def test_cli_errors_are_clear(micro_checkpoint, tmp_path, capsys, case, match):
             "max_samples": ["--checkpoint", micro_checkpoint, "--max-samples", "-1"],
             "prompt_bytes": ["--checkpoint", micro_checkpoint, "--prompt-bytes", "0"],
             "device": ["--checkpoint", micro_checkpoint, "--device", "gpu"],
-            "data_dir": ["--checkpoint", micro_checkpoint, "--data-dir", str(tmp_path / "nowhere")]}[case]
+            "data_dir": ["--checkpoint", micro_checkpoint, "--data-dir", str(tmp_path / "nowhere")],
+            "out_folder": ["--checkpoint", micro_checkpoint, "--out", str(tmp_path / "no" / "eval.json")],
+            "out_is_a_folder": ["--checkpoint", micro_checkpoint, "--out", str(tmp_path)]}[case]
     assert main(argv) == 1
     err = capsys.readouterr().err
     assert err.startswith("error: ") and match in err

@@ -1,6 +1,7 @@
 """Generation: greedy bytes from the recurrent state equal those of recomputing the whole context,
 seeded sampling, argument errors, and the CLI on a real checkpoint."""
 import math
+import os
 
 import pytest
 import torch
@@ -120,6 +121,12 @@ def test_cli_writes_the_prompt_and_its_continuation(micro_checkpoint, capsys):
     assert first.startswith("User: hi\nAssistant: ") and first.endswith("\n")
     assert main(argv) == 0
     assert capsys.readouterr().out == first  # seeded
+
+
+def test_cli_takes_a_prompt_that_is_not_utf8(micro_checkpoint, capsys):
+    prompt = os.fsdecode(b"User: caf\xe9\nAssistant: ")  # latin-1 bytes, as a shell passes them
+    assert main(["--checkpoint", micro_checkpoint, "--prompt", prompt, "--max-new-tokens", "4"]) == 0
+    assert capsys.readouterr().out.startswith("User: caf\ufffd\nAssistant: ")
 
 
 @pytest.mark.parametrize("case", ["missing", "corrupt", "temperature", "device", "empty_prompt"])

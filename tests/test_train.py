@@ -50,6 +50,18 @@ def test_bad_config_errors_name_the_key(tmp_path, text, key):
         load_config(str(path))
 
 
+@pytest.mark.parametrize("override, message", [
+    ("training.beta1=2", "training.beta1: must be in [0, 1)"),
+    ("training.seed=-1", "training.seed: must be in [0, 2**32)"),
+    ("data.max_bytes=-5", "data.max_bytes: must be >= 0"),
+    ("training.device=mps", "training.device: 'mps' is not supported"),
+    ("lif.backend=cuda", "lif.backend: 'cuda' cannot run on cpu"),
+])
+def test_bad_values_fail_before_training_with_their_key(tmp_path, capsys, override, message):
+    assert main(["--log-dir", str(tmp_path), "--set", override, "--dry-run"]) == 1
+    assert message in capsys.readouterr().err
+
+
 def test_cli_reports_a_typo_with_its_key(tmp_path, capsys):
     path = tmp_path / "typo.yaml"
     path.write_text(open(CUSTOM).read().replace("learning_rate", "learning_rte"))
@@ -257,6 +269,19 @@ def test_resume_takes_the_configs_optimizer_settings(tmp_path):
     cfg.training.max_iters = 6  # --set applies after --max-iters scales the warmup: MICRO's warmup stays
     row = {r["step"]: r for r in rows(tmp_path / "run" / "metrics.jsonl")}[5]
     assert row["learning_rate"] == pytest.approx(0.5 * train_module.lr_lambda(cfg)(4))
+
+
+def test_a_resumed_run_logs_each_step_once(tmp_path):
+    sets = ["monitor.log_freq=1", "monitor.save_freq=2"]
+    assert main(run_args(tmp_path, iters=4, sets=sets)) == 0
+    run = tmp_path / "run"
+    for later in ("hatching_step_4.pt", "hatching_final.pt", "hatching_best.pt"):
+        (run / later).unlink()  # as if killed after logging step 4 but before saving it
+    with open(run / "metrics.jsonl", "a") as f:
+        f.write('{"step": 5, "train_loss": 1.0')  # and a half-written row
+    assert main(run_args(tmp_path, "--resume", "auto", iters=4, sets=sets)) == 0
+    assert [r["step"] for r in rows(run / "metrics.jsonl")] == [1, 2, 3, 4]
+    assert main(run_args(tmp_path, "--resume", "auto", iters=4, sets=sets)) == 1  # at max_iters: nothing to do
 
 
 def test_a_fresh_run_keeps_the_previous_runs_logs(tmp_path):
