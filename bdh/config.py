@@ -85,7 +85,9 @@ class TrainingConfig:
     max_iters: int = 10000
     warmup_iters: int = 500
     grad_clip: float = 1.0                # 0: no clipping
-    micro_batch_size: int = 0             # 0: the largest that fits memory_budget_gb (see --dry-run)
+    # 0: the largest that fits memory_budget_gb (see --dry-run). The sparsity loss is on each micro-batch's
+    # mean firing rate, so results depend slightly on it: set it to reproduce a run on another machine.
+    micro_batch_size: int = 0
     memory_budget_gb: float = 0.0         # 0: the device's memory (GPU) / 80% of RAM (CPU)
     activation_checkpointing: bool = False  # recompute each layer in the backward
     dtype: str = "auto"                   # auto (bf16 autocast on GPU, fp32 on CPU) | float32 | bfloat16

@@ -750,6 +750,18 @@ def make_config(args, base=None) -> Config:
     return validate(cfg)
 
 
+def config_changes(old: dict, new: dict, prefix: str = "") -> list:
+    """``key: old -> new`` for each setting that differs between two ``Config.to_dict()`` trees."""
+    out = []
+    for key in sorted(set(old) | set(new)):
+        a, b = old.get(key), new.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += config_changes(a, b, f"{prefix}{key}.")
+        elif a != b:
+            out.append(f"{prefix}{key}: {a!r} -> {b!r}")
+    return out
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
@@ -790,6 +802,9 @@ def main(argv=None) -> int:
                     for f in dataclasses.fields(saved) if getattr(saved, f.name) != getattr(cfg.model, f.name)]
             if diff:
                 raise CheckpointError("the checkpoint's model differs from the config: " + "; ".join(diff))
+            changed = config_changes(ckpt["config"], cfg.to_dict())
+            if changed and rank == 0:
+                print("resuming with settings that differ from the checkpoint's: " + "; ".join(changed))
             if ckpt["step"] >= cfg.training.max_iters:
                 raise ConfigError(f"the checkpoint is at step {ckpt['step']}, training.max_iters is "
                                   f"{cfg.training.max_iters}: nothing left to train (a larger --max-iters continues)")

@@ -251,7 +251,9 @@ def lif(
     (``lif_feed_forward_step``) with ``dt * tau_mem_inv = 1/tau_mem``, ``dt * tau_syn_inv = 1/tau_syn``,
     ``v_leak = v_reset`` and ``decay_input=True``, step for step; Norse's final ``state.i`` is
     ``(1 - 1/tau_syn)`` times ours (it stores the current after its decay). Ties (``h_t == v_threshold``)
-    fire, as in SpikingJelly; snnTorch and Norse fire only above threshold.
+    fire, as in SpikingJelly; snnTorch and Norse fire only above threshold. The backends give the same spikes
+    and states for finite input; with NaN or inf in ``x`` (a NaN never fires) they may differ in the
+    non-finite values they produce (the reference computes the hard reset as ``h (1 - s) + v_reset s``, NaN for infinite h).
 
     Args:
         x: input current, fp16/bf16/fp32 (fp64 on the reference and cpp backends), any layout.

@@ -261,10 +261,12 @@ def test_ctrl_c_saves_a_checkpoint_and_resume_continues(tmp_path):
     assert load_checkpoint(str(tmp_path / "run" / "hatching_final.pt"))["step"] == step + 2
 
 
-def test_resume_takes_the_configs_optimizer_settings(tmp_path):
+def test_resume_takes_the_configs_optimizer_settings(tmp_path, capsys):
     assert main(run_args(tmp_path, iters=4, sets=["monitor.log_freq=1"])) == 0
     assert main(run_args(tmp_path, "--resume", "auto", iters=6,
                          sets=["monitor.log_freq=1", "training.learning_rate=0.5", "training.beta1=0.5"])) == 0
+    said = capsys.readouterr().out
+    assert "differ from the checkpoint's: training.beta1: 0.9 -> 0.5; training.learning_rate:" in said
     cfg = load_config("tiny", [*MICRO, "training.learning_rate=0.5", "training.beta1=0.5"])
     cfg.training.max_iters = 6  # --set applies after --max-iters scales the warmup: MICRO's warmup stays
     row = {r["step"]: r for r in rows(tmp_path / "run" / "metrics.jsonl")}[5]
