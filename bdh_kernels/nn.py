@@ -95,7 +95,7 @@ class STDPLearner(nn.Module):
     neuron's output (post spikes), detached. :meth:`compute` turns the recordings into ``dW`` with
     :func:`bdh_kernels.stdp_update` (fused trace scans and two GEMMs over all ``T*B`` rows: no
     ``[B, Nout, Nin]`` tensor per step, unlike SpikingJelly's and snnTorch's learners), carrying the traces
-    across calls until :meth:`reset`; :meth:`step` / :meth:`apply` add ``lr * dW`` to the weight in place
+    across calls until :meth:`reset`; :meth:`step` / :meth:`apply_delta` add ``lr * dW`` to the weight in place
     under ``torch.no_grad()``. The bias is not learned. Formulas and soft bounds: :func:`bdh_kernels.stdp_update`.
 
     Shapes (multi-step, ``step_mode="m"``): ``nn.Linear`` input ``[T, B, ..., Nin]`` and neuron output
@@ -223,7 +223,7 @@ class STDPLearner(nn.Module):
         return total
 
     @torch.no_grad()
-    def apply(self, lr: float = 1.0) -> Optional[torch.Tensor]:
+    def apply_delta(self, lr: float = 1.0) -> Optional[torch.Tensor]:
         """Add ``lr * delta_w`` to the weight in place (``delta_w``: what :meth:`compute` accumulated, plus
         anything still recorded), then clear ``delta_w``. Returns the ``delta_w`` applied (before ``lr``)."""
         lr = _check_number("lr", lr)
@@ -237,7 +237,7 @@ class STDPLearner(nn.Module):
     def step(self, lr: float = 1.0) -> Optional[torch.Tensor]:
         """One learning step: the ``dW`` of the sequence(s) recorded since the last step, applied as
         ``weight += lr * dW``. The usual call once per forward; returns ``dW``."""
-        return self.apply(lr)
+        return self.apply_delta(lr)
 
     def _conv_update(self, pre, post):
         conv = self.synapse
@@ -284,21 +284,6 @@ class STDPLearner(nn.Module):
         dw = _weight_change(pre_cols, tr_pre_cols, rows(post), rows(tr_post), self.params["a_plus"],
                             self.params["a_minus"], weight, *bounds, spike_driven)
         return dw.view(conv.weight.shape)
-
-    def _check_carried_state(self, x):
-        """The state carried from the previous call must fit x's neurons (lif() checks everything else)."""
-        if self.v is None or not isinstance(x, torch.Tensor):
-            return
-        if self.step_mode == "s":
-            neurons = x.shape
-        elif -x.dim() <= self.time_dim < x.dim():
-            t = self.time_dim % x.dim()
-            neurons = x.shape[:t] + x.shape[t + 1:]
-        else:
-            return  # lif() names the bad time_dim
-        if neurons != self.v.shape:
-            raise ValueError(f"this LIF carries a state of shape {tuple(self.v.shape)} from its previous call, but "
-                             f"x's neurons are {tuple(neurons)}: call reset() before a batch of another shape")
 
     def extra_repr(self) -> str:
         shown = ", ".join(f"{k}={v!r}" for k, v in self.params.items() if v is not None)

@@ -119,10 +119,17 @@ def test_step_and_apply_update_the_weight_in_place():
     d1 = (model(x), learner.compute())[1]
     d2 = (model(x), learner.compute())[1]
     assert torch.equal(weight.detach(), w1)  # compute() never writes
-    applied = learner.apply(lr=2.0)
+    applied = learner.apply_delta(lr=2.0)
     torch.testing.assert_close(applied, d1 + d2)
     torch.testing.assert_close(weight.detach(), w1 + 2.0 * (d1 + d2))
-    assert learner.apply() is None and learner.delta_w is None
+    assert learner.apply_delta() is None and learner.delta_w is None
+
+
+def test_a_model_holding_a_learner_keeps_module_apply():
+    linear, lif, model = _layer()
+    model.learner = STDPLearner(linear, lif)  # as a submodule: nn.Module.apply must still be PyTorch's
+    model.apply(lambda m: nn.init.zeros_(m.weight) if isinstance(m, nn.Linear) else None)
+    assert torch.count_nonzero(linear.weight) == 0
 
 
 def test_single_step_mode_equals_multi_step():
