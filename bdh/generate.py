@@ -50,8 +50,8 @@ def sampling_generator(device, temperature: float, seed: Optional[int]):
 
 
 def check_sampling(max_new_tokens: int, temperature: float, top_k: Optional[int]) -> None:
-    if max_new_tokens < 0:
-        raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
+    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 0:
+        raise ValueError(f"max_new_tokens must be an int >= 0, got {max_new_tokens!r}")
     if not temperature >= 0:  # also refuses NaN
         raise ValueError(f"temperature must be >= 0 (0: greedy), got {temperature}")
     if top_k is not None and not 1 <= top_k <= VOCAB_SIZE:

@@ -249,6 +249,20 @@ class HatchingLayer(nn.Module):
         return x, rates, drive, LayerState(x_state, y_state, trace, kv) if return_state else None
 
 
+def check_ids(idx, vocab_size: int) -> None:
+    """A clear error for model input that is not [B, T] integer byte ids in [0, vocab_size) with T >= 1.
+    The range is checked on the CPU only: on a GPU it would wait for the device (the embedding's own
+    check stops the kernel there instead)."""
+    if not isinstance(idx, torch.Tensor) or idx.dim() != 2 or idx.dtype not in (torch.int64, torch.int32):
+        what = f"{tuple(idx.shape)} {idx.dtype}" if isinstance(idx, torch.Tensor) else type(idx).__name__
+        raise ValueError(f"idx must be a [B, T] tensor of byte ids (int64 or int32), got {what}")
+    if idx.shape[1] == 0:
+        raise ValueError(f"idx must have at least one token, got shape {tuple(idx.shape)}")
+    if idx.device.type == "cpu" and idx.numel() and not (0 <= int(idx.min()) and int(idx.max()) < vocab_size):
+        raise ValueError(f"idx must hold byte ids in [0, {vocab_size}), got values from {int(idx.min())} "
+                         f"to {int(idx.max())}")
+
+
 def check_state(state, batch: int, n_layer: int) -> None:
     """A clear error for a State that cannot continue this batch (another model's, or another batch size)."""
     if not isinstance(state, State) or len(state.layers) != n_layer:
@@ -278,6 +292,7 @@ class Hatching(nn.Module):
         state: the State after the text before idx (from an earlier call with return_state=True), so
         a text fed in chunks gives the logits of feeding it whole; None: idx starts the text.
         """
+        check_ids(idx, self.cfg.model.vocab_size)
         b, t = idx.shape
         if state is not None:
             check_state(state, b, self.cfg.model.n_layer)

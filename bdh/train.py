@@ -87,8 +87,8 @@ class StopRequest:
 
     SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
-    def __init__(self):
-        self.signum, self.previous = None, {}
+    def __init__(self, announce: bool = True):
+        self.signum, self.previous, self.announce = None, {}, announce
 
     def __enter__(self):
         if threading.current_thread() is threading.main_thread():
@@ -103,8 +103,9 @@ class StopRequest:
         if self.signum is not None:
             raise KeyboardInterrupt
         self.signum = signum
-        tqdm.write(f"{signal.Signals(signum).name}: stopping after this step and saving a checkpoint "
-                   "(send it again to stop at once, without one)")
+        if self.announce:
+            tqdm.write(f"{signal.Signals(signum).name}: stopping after this step and saving a checkpoint "
+                       "(send it again to stop at once, without one)")
 
     def requested(self, distributed: bool, device: torch.device) -> bool:
         """Whether to stop now; with several ranks, whether any rank was asked (all stop at the same step)."""
@@ -433,7 +434,7 @@ def train(cfg: Config, run_dir: str, device: torch.device, dtype: torch.dtype, r
     """
     flush = device.type == "cpu" and flush_denormal(True)
     try:
-        with StopRequest() as stop:
+        with StopRequest(announce=not distributed or dist.get_rank() == 0) as stop:
             return _train(cfg, run_dir, device, dtype, resume_from, distributed, use_wandb, name, stop)
     finally:
         if flush:
@@ -767,8 +768,9 @@ def main(argv=None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
     distributed = args.distributed
     if distributed:
-        if "RANK" not in os.environ:
-            sys.exit("--distributed needs torchrun (RANK/WORLD_SIZE/LOCAL_RANK are not set)")
+        missing = [v for v in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT") if v not in os.environ]
+        if missing:
+            sys.exit(f"--distributed needs torchrun ({', '.join(missing)} not set)")
         local = int(os.environ.get("LOCAL_RANK", 0))
         if torch.cuda.is_available() and args.device not in ("cpu",):
             torch.cuda.set_device(local)
@@ -790,8 +792,9 @@ def main(argv=None) -> int:
             found = list_checkpoints(run_dir)
             if found:
                 ckpt = load_checkpoint(found[0])
-                print(f"--resume auto: {found[0]} (step {ckpt['step']})")
-            else:
+                if rank == 0:
+                    print(f"--resume auto: {found[0]} (step {ckpt['step']})")
+            elif rank == 0:
                 print(f"--resume auto: no checkpoint in {run_dir}; starting fresh")
         elif args.resume:
             ckpt = load_checkpoint(args.resume)
@@ -836,7 +839,8 @@ def main(argv=None) -> int:
         train(cfg, run_dir, device, dtype, resume_from=ckpt, distributed=distributed, use_wandb=args.wandb, name=name)
         return 0
     except (ConfigError, CheckpointError, TrainingStopped, OSError) as e:  # OSError: unwritable --log-dir, full disk
-        print(f"error: {e}" if not isinstance(e, TrainingStopped) else str(e), file=sys.stderr)
+        if rank == 0 or not isinstance(e, TrainingStopped):  # a stop is the same on every rank: say it once
+            print(f"error: {e}" if not isinstance(e, TrainingStopped) else str(e), file=sys.stderr)
         return 1 if not isinstance(e, TrainingStopped) else e.exit_code
     finally:
         if distributed and dist.is_initialized():

@@ -101,6 +101,7 @@ def test_top_k_samples_only_the_k_likeliest():
 @pytest.mark.parametrize("kwargs, match", [
     ({"temperature": -1.0}, "temperature"), ({"temperature": math.nan}, "temperature"),
     ({"top_k": 0}, "top_k"), ({"top_k": 257}, "top_k"), ({"max_new_tokens": -1}, "max_new_tokens"),
+    ({"max_new_tokens": None}, "max_new_tokens"), ({"max_new_tokens": 2.5}, "max_new_tokens"),
 ])
 def test_bad_sampling_arguments(kwargs, match):
     with pytest.raises(ValueError, match=match):

@@ -227,6 +227,20 @@ def test_text_fed_in_chunks_with_state_gives_the_logits_of_the_whole_text(varian
         assert 0 < whole.rates.mean() < 1  # spikes, not a trivially silent network
 
 
+@pytest.mark.parametrize("idx, match", [
+    (torch.tensor([[1, 256]]), r"byte ids in \[0, 256\), got values from 1 to 256"),
+    (torch.tensor([[-1, 3]]), r"byte ids in \[0, 256\), got values from -1 to 3"),
+    (torch.tensor([[1.0, 2.0]]), "idx must be a \\[B, T\\] tensor of byte ids"),
+    (torch.tensor([[1, 2]], dtype=torch.uint8), "int64 or int32"),
+    (torch.tensor([1, 2]), "got \\(2,\\)"),
+    (torch.zeros(2, 0, dtype=torch.long), "at least one token"),
+    ([[1, 2]], "got list"),
+])
+def test_bad_ids_are_a_clear_error(idx, match):
+    with pytest.raises(ValueError, match=match):
+        small_model()(idx)
+
+
 def test_state_of_another_batch_is_refused():
     model = small_model().eval()
     state = model(torch.randint(1, 256, (2, 5)), return_state=True).state
