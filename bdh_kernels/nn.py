@@ -212,6 +212,7 @@ class STDPLearner(nn.Module):
                 if self.w_min is not None:
                     bounds = dict(weight=self.synapse.weight, w_min=self.w_min, w_max=self.w_max)
                 time_dim = 0 if self.step_mode == "s" else self.time_dim
+                self._check_carried_traces(pre, post, time_dim)
                 dw, self.state = stdp_update(pre.to(post.dtype), post, time_dim=time_dim, state=self.state,
                                              **bounds, **self.params)
             if dw.shape != self.synapse.weight.shape:
@@ -239,6 +240,19 @@ class STDPLearner(nn.Module):
         ``weight += lr * dW``. The usual call once per forward; returns ``dW``."""
         return self.apply_delta(lr)
 
+    def _check_carried_traces(self, pre, post, time_dim):
+        """The traces carried from the previous sequence must fit this one's neurons (the ops check the rest)."""
+        if self.state is None:
+            return
+        for name, x, trace in (("pre", pre, self.state.pre), ("post", post, self.state.post)):
+            if -x.dim() <= time_dim < x.dim():
+                t = time_dim % x.dim()
+                neurons = x.shape[:t] + x.shape[t + 1:]
+                if trace.shape != neurons:
+                    raise ValueError(f"this learner carries {name} traces of shape {tuple(trace.shape)} from its previous "
+                                     f"sequence, but the recorded {name} spikes' neurons are {tuple(neurons)}: call "
+                                     "reset() before a batch of another shape")
+
     def _conv_update(self, pre, post):
         conv = self.synapse
         if post.dim() != 5:
@@ -253,6 +267,7 @@ class STDPLearner(nn.Module):
         if pre.dim() != 5 or pre.shape[:2] != post.shape[:2]:
             raise ValueError(f"conv input {tuple(pre.shape)} and neuron output {tuple(post.shape)} must share [T, B]")
         pre = pre.to(post.dtype)
+        self._check_carried_traces(pre, post, 0)
         init_pre, init_post = self.state if self.state is not None else (None, None)
         tr_pre, fin_pre = stdp_traces(pre, self.params["tau_pre"], trace_init=init_pre, return_state=True,
                                       backend=self.params["backend"])

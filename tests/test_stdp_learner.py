@@ -145,6 +145,19 @@ def test_single_step_mode_equals_multi_step():
     assert rel_err(dw, expected) <= 1e-5  # fp32 GEMMs over other row blocks: another summation order
 
 
+def test_a_batch_of_another_shape_needs_a_reset():
+    linear, lif, model = _layer()
+    learner = STDPLearner(linear, lif)
+    model(poisson((10, 2, 12), 0.3, 5))
+    learner.compute()
+    model(poisson((10, 3, 12), 0.3, 6))
+    with pytest.raises(ValueError, match=r"carries pre traces of shape \(2, 12\).*\(3, 12\): call reset\(\)"):
+        learner.compute()
+    learner.reset()
+    model(poisson((10, 3, 12), 0.3, 6))
+    assert learner.compute() is not None
+
+
 def test_reset_disable_close():
     linear, lif, model = _layer()
     learner = STDPLearner(linear, lif)
