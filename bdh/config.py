@@ -1,6 +1,6 @@
 """Typed training config: dataclass defaults, a YAML file over them, ``--set section.key=value`` over that.
 
-A config has eight sections (TRAINING-GUIDE.md's config file): ``model``, ``lif``, ``stdp``, ``training``,
+A config has eight sections (the training guide's config file): ``model``, ``lif``, ``stdp``, ``training``,
 ``curriculum``, ``bio``, ``monitor``, ``data``. Every field has a typed default below; a YAML file sets
 some of them; ``--set training.learning_rate=3e-4`` sets any one from the command line. Unknown keys and
 values of the wrong type are errors that name the key (``training.learning_rte: unknown key ...``).

@@ -15,8 +15,8 @@ What the model sees when it answers: the last ``prompt_bytes`` bytes of the prom
 ``max(max_seq_len - max_new_tokens, max_seq_len // 2)``), so that prompt and answer fit the context
 the model was trained on, which cut long prompts (tool schemas) from the start in the same way.
 
-The trainer calls :func:`quick_eval` every ``monitor.eval_freq`` steps: the val losses plus the
-generation metrics on ``monitor.eval_samples`` records per task; they go into the checkpoint's
+Every ``monitor.eval_freq`` steps the trainer takes the val losses (:func:`val_losses`) and
+:func:`quick_eval`'s generation metrics on ``monitor.eval_samples`` records per task; they go into the checkpoint's
 ``eval_metrics`` and pick ``hatching_best.pt`` (``monitor.best_metric``).
 """
 import argparse
@@ -33,9 +33,9 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from bdh.checkpoint import CheckpointError, load_model, resolve_device
-from bdh.data import IGNORE_INDEX, TASKS, collate, load_splits
+from bdh.data import IGNORE_INDEX, TASKS, collate, decode, load_splits
 from bdh.data.records import write_atomic
-from bdh.generate import decode_answer, generate_batch
+from bdh.generate import generate_batch
 from bdh.metrics import evaluate_outputs, prompts_to_answer
 
 
@@ -86,7 +86,7 @@ def greedy_answers(model, prompts: Sequence[str], max_new_tokens: int, prompt_by
             chunk = unique[i:i + batch_size]
             new = generate_batch(model, [p.encode()[-prompt_bytes:] for p in chunk], max_new_tokens)
             for prompt, ids in zip(chunk, new):
-                answers[prompt] = decode_answer(ids)
+                answers[prompt] = decode(ids)
             bar.update(len(chunk))
     return answers
 

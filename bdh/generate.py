@@ -22,7 +22,7 @@ from typing import Iterator, List, Optional, Sequence
 import torch
 
 from bdh.checkpoint import CheckpointError, load_model, resolve_device
-from bdh.data import EOS, VOCAB_SIZE
+from bdh.data import EOS, VOCAB_SIZE, decode
 from bdh.model import stack_states
 
 
@@ -114,14 +114,9 @@ def generate_batch(model, prompts: Sequence[bytes], max_new_tokens: int = 256, t
     return new
 
 
-def decode_answer(ids) -> str:
-    """Byte ids a model wrote as text: UTF-8, the EOS byte dropped, invalid bytes replaced."""
-    return bytes(b for b in ids if b != EOS).decode("utf-8", errors="replace")
-
-
 def generate_text(model, prompt: str, **kwargs) -> str:
-    """The text the model writes after ``prompt`` (see :func:`decode_answer`)."""
-    return decode_answer(generate_bytes(model, prompt.encode(), **kwargs))
+    """The text the model writes after ``prompt`` (UTF-8, the EOS byte dropped, invalid bytes replaced)."""
+    return decode(generate_bytes(model, prompt.encode(), **kwargs))
 
 
 def parse_args(argv=None):

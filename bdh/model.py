@@ -318,6 +318,3 @@ class Hatching(nn.Module):
         """sparsity_weight * mean over neuron populations of (rate - sparsity_target)^2."""
         bio = self.cfg.bio
         return bio.sparsity_weight * (rates.float() - bio.sparsity_target).square().mean()
-
-    def num_params(self) -> int:
-        return sum(p.numel() for p in self.parameters())

@@ -61,6 +61,7 @@ import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
+from bdh.alerts import AlertMonitor, append_alerts
 from bdh.checkpoint import CheckpointError, list_checkpoints, load_checkpoint, resolve_device, save_checkpoint
 from bdh.config import Config, ConfigError, load_config, parse_override, set_value, validate
 from bdh.data import IGNORE_INDEX, TASKS, CurriculumSampler, collate, load_splits
@@ -365,14 +366,7 @@ class RunLog:
                 wandb.init(project="bdh-hatching", name=name, config=cfg.to_dict(), dir=run_dir, resume="allow")
             except ImportError:
                 log.warning("--wandb given but wandb is not installed (pip install wandb); logging without it")
-        # alerts: bdh.alerts.AlertMonitor().update(row) (its state travels in checkpoints), or a check(row)
-        try:
-            from bdh import alerts
-        except ImportError:
-            alerts = None
-        self.alert_monitor = alerts.AlertMonitor() if hasattr(alerts, "AlertMonitor") else None
-        self.check = self.alert_monitor.update if self.alert_monitor is not None else getattr(alerts, "check", None)
-        self.append_alerts = getattr(alerts, "append_alerts", None)
+        self.alert_monitor = AlertMonitor()  # its state travels in checkpoints
 
     def write(self, row: dict) -> list:
         row = {k: _finite_or_none(v) for k, v in row.items()}
@@ -385,16 +379,8 @@ class RunLog:
             self.tb.flush()
         if self.wandb is not None:
             self.wandb.log(numbers, step=row["step"])
-        alerts = []
-        if self.check is not None:
-            alerts = list(self.check(row))
-            path = os.path.join(self.run_dir, "alerts.jsonl")
-            if alerts and self.append_alerts is not None:
-                self.append_alerts(path, alerts)
-            elif alerts:
-                with open(path, "a") as f:
-                    for a in alerts:
-                        f.write(json.dumps({"step": row["step"], **_plain(a)}) + "\n")
+        alerts = list(self.alert_monitor.update(row))
+        append_alerts(os.path.join(self.run_dir, "alerts.jsonl"), alerts)
         return alerts
 
     def write_skipped(self, entry: dict) -> None:
@@ -408,18 +394,6 @@ class RunLog:
             self.tb.close()
         if self.wandb is not None:
             self.wandb.finish()
-
-
-def _plain(alert) -> dict:
-    if dataclasses.is_dataclass(alert):
-        d = dataclasses.asdict(alert)
-    elif hasattr(alert, "_asdict"):
-        d = alert._asdict()
-    elif isinstance(alert, dict):
-        d = dict(alert)
-    else:
-        d = {"message": str(alert)}
-    return {k: (v if isinstance(v, (str, int, float, bool, type(None))) else str(v)) for k, v in d.items()}
 
 
 # -------------------------------------------------------------------------------------------- train
@@ -501,7 +475,7 @@ def _train(cfg, run_dir, device, dtype, resume_from, distributed, use_wandb, nam
     model.train()
     autocast = torch.autocast(device.type, dtype=dtype) if dtype != torch.float32 else contextlib.nullcontext()
     runlog = RunLog(run_dir, cfg, None if fresh else step, use_wandb=use_wandb, name=name) if master else None
-    if master and resume_state.get("alerts") is not None and runlog.alert_monitor is not None:
+    if master and resume_state.get("alerts") is not None:
         runlog.alert_monitor.load_state_dict(resume_state["alerts"])
 
     def say(msg):
@@ -525,7 +499,7 @@ def _train(cfg, run_dir, device, dtype, resume_from, distributed, use_wandb, nam
 
     def checkpoint_state(s):
         trainer_state = dict(counters)
-        if master and runlog.alert_monitor is not None:
+        if master:
             trainer_state["alerts"] = runlog.alert_monitor.state_dict()
         return {"step": s, "model_state": raw.state_dict(), "optimizer_state": optimizer.state_dict(),
                 "scheduler_state": scheduler.state_dict(), "config": cfg.to_dict(), "eval_metrics": eval_metrics,

@@ -93,7 +93,7 @@ class STDPLearner(nn.Module):
     and ``lif`` (the module that emits that layer's post-synaptic spikes: :class:`LIF` or any spiking
     module). While enabled, every forward of the model records the synapse's input (pre spikes) and the
     neuron's output (post spikes), detached. :meth:`compute` turns the recordings into ``dW`` with
-    :func:`bdh_kernels.stdp_update` (fused trace scans and two GEMMs over all ``T*B`` rows: no
+    :func:`bdh_kernels.stdp_update` (fused trace scans and two products over all ``T*B`` rows: no
     ``[B, Nout, Nin]`` tensor per step, unlike SpikingJelly's and snnTorch's learners), carrying the traces
     across calls until :meth:`reset`; :meth:`step` / :meth:`apply_delta` add ``lr * dW`` to the weight in place
     under ``torch.no_grad()``. The bias is not learned. Formulas and soft bounds: :func:`bdh_kernels.stdp_update`.
@@ -104,7 +104,7 @@ class STDPLearner(nn.Module):
     neuron output is ``[T, B, Cout, Ho, Wo]`` and the conv input ``[T, B, C, H, W]`` or the flattened
     ``[T*B, C, H, W]``; the update is the im2col form: the conv input (padded as the conv pads it) and its
     trace are unfolded into ``[T*B*Ho*Wo, C*kh*kw]`` rows, the post spikes into ``[T*B*Ho*Wo, Cout]`` rows,
-    and ``dW`` is the same two GEMMs, reshaped to the conv weight. This equals SpikingJelly's
+    and ``dW`` is the same two products, reshaped to the conv weight. This equals SpikingJelly's
     ``stdp_conv2d_step`` summed over steps; its memory is that of the unfolded input (kh*kw times the input).
 
     The learner keeps references to ``linear`` and ``lif`` without registering them as submodules, so

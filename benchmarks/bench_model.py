@@ -25,7 +25,7 @@ import time
 import pytest
 import torch
 
-from bdh.config import load_config
+from bdh.config import TIERS, load_config
 from bdh.data import CurriculumSampler, collate, load_splits
 from bdh.evaluate import token_losses
 from bdh.model import Hatching
@@ -38,7 +38,6 @@ SMOKE_MODEL = ["model.n_layer=2", "model.n_embd=32", "model.n_head=2", "model.ml
                "training.batch_size=4", "training.max_seq_len=32"]
 FULL_CONTEXTS, SMOKE_CONTEXTS = (64, 1024), (8, 32)
 DECODE_STEPS = 8  # new bytes per timed call of the generate case
-TIERS = ("tiny", "small", "medium", "large")
 RESULTS = {}  # (case, variant) -> {"median_s": float, **info}
 
 

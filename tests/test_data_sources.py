@@ -8,7 +8,8 @@ from collections import Counter
 import pytest
 
 from bdh.data.prepare import SourceReport, Unreachable, convert_rows, source_rows
-from bdh.data.records import DEFAULT_MAX_BYTES, FUNCTION_CALL_RE, Record, invalid_reason
+from bdh.data.records import DEFAULT_MAX_BYTES, Record, invalid_reason
+from bdh.metrics import FUNCTION_CALL_RE
 from bdh.data.sources import SOURCES
 
 FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures")
@@ -237,3 +238,16 @@ def test_a_row_that_is_not_utf8_is_skipped_counted_and_its_file_named(name, tmp_
     assert len(records) == 1 and report.skipped == Counter(invalid_utf8=1)
     assert "\ufffd" not in records[0].prompt + records[0].target
     assert "not valid UTF-8" in caplog.text and str(tmp_path / name) in caplog.text
+
+
+@pytest.mark.parametrize("target, reason", [
+    ('<function_call>{"name": "f", "arguments": {"a": 1}}</function_call>', None),
+    ("plain text without a call", None),
+    ('<function_call>{"name": "f", "arguments": {}, "id": 3}</function_call>', "invalid_function_call"),
+    ('<function_call>{"name": "f"}</function_call>', "invalid_function_call"),
+    ('<function_call>{"name": "f", "arguments": {}}', "invalid_function_call"),
+    ('{"name": "f"}</function_call>', "invalid_function_call"),
+])
+def test_function_call_targets_are_checked_as_the_metrics_parse_them(target, reason):
+    record = Record(id="x", task="function_call", source="test", prompt="User: call f\nAssistant: ", target=target)
+    assert invalid_reason(record) == reason

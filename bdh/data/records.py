@@ -25,12 +25,12 @@ import tempfile
 from collections import Counter
 from typing import Callable, Iterable, Iterator, Optional, TypeVar
 
+from bdh.metrics import parse_function_calls
+
 TASKS = ("text_completion", "chain_of_thought", "function_call", "bash_command", "tool_use")
 
 # Longest record (prompt + target, in UTF-8 bytes) accepted on load unless told otherwise.
 DEFAULT_MAX_BYTES = 8192
-
-FUNCTION_CALL_RE = re.compile(r"<function_call>(.*?)</function_call>", re.DOTALL)
 
 # Text cannot hold a lone surrogate unless it came from bytes that were not UTF-8 (read with
 # errors="surrogateescape") or from a "\udcxx" JSON escape; such text cannot be encoded.
@@ -129,17 +129,11 @@ def chat_prompt(turns: Iterable[tuple], schemas: Iterable[dict] = ()) -> str:
 
 
 def check_function_calls(text: str) -> Optional[str]:
-    """None if every <function_call> block in text is JSON {"name": str, "arguments": dict}, else why not."""
-    if text.count("<function_call>") != text.count("</function_call>"):
-        return "unbalanced <function_call> tags"
-    for body in FUNCTION_CALL_RE.findall(text):
-        try:
-            call = json.loads(body)
-        except ValueError as e:
-            return f"not JSON ({e})"
-        if not (isinstance(call, dict) and isinstance(call.get("name"), str) and isinstance(call.get("arguments"), dict)):
-            return 'not {"name": str, "arguments": {...}}'
-    return None
+    """None if text has no <function_call> block or every block is a call bdh.metrics can score (JSON
+    {"name": str, "arguments": {...}} and nothing else), else why not: the same parser as the scoring."""
+    if "<function_call>" not in text and "</function_call>" not in text:
+        return None
+    return parse_function_calls(text, whole=False)[1]
 
 
 def invalid_reason(record: Record, max_bytes: int = DEFAULT_MAX_BYTES) -> Optional[str]:

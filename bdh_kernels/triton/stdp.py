@@ -20,9 +20,8 @@ import triton.language as tl
 
 from ..reference import trace_decay
 from ..stdp import TRACE_BACKWARD_SCHEMA, TRACE_FORWARD_SCHEMA
-from .lif import _device_guard, _f32, _mask_if, _neuron_offsets, _sm_count
+from .lif import _device_guard, _f32, _flat_state, _mask_if, _neuron_offsets, _sm_count
 from .lif import check_input
-from .lif import interpreted as _lif_interpreted
 
 
 # ------------------------------------------------------------------------------------------- kernels
@@ -117,22 +116,10 @@ def _launch_config(num_neurons: int, device: torch.device):
     return block, max(1, min(4, block // 128))
 
 
-def interpreted() -> bool:
-    return _lif_interpreted()
-
-
 def _check_input(x: torch.Tensor, name: str, tau: float):
     check_input(x, name)
     if not tau >= 1.0 or tau == float("inf"):
         raise ValueError(f"tau must be finite and >= 1, got {tau}")
-
-
-def _flat(state, num_neurons: int, name: str):
-    if state is None:
-        return None
-    if state.numel() != num_neurons:
-        raise ValueError(f"{name} must have {num_neurons} elements, got {tuple(state.shape)}")
-    return state.reshape(num_neurons).to(torch.float32).contiguous()
 
 
 def _scan(kernel, x, state, has_state_flag, tau, name):
@@ -143,7 +130,7 @@ def _scan(kernel, x, state, has_state_flag, tau, name):
     final = torch.empty((N,), dtype=torch.float32, device=x.device)
     if N == 0:  # a zero-size grid must not be launched
         return out, final
-    state = _flat(state, N, "the state")
+    state = _flat_state(state, N, "the state")
     block, num_warps = _launch_config(N, x.device)
     with _device_guard(x):
         kernel[(triton.cdiv(N, block),)](
