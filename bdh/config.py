@@ -136,7 +136,7 @@ class MonitorConfig:
     eval_batches: int = 4                 # val batches per task (of training.batch_size records)
     eval_samples: int = 8                 # val prompts per task answered and scored at each eval (0: none)
     eval_max_new_tokens: int = 128        # longest answer at those evals, in bytes
-    best_metric: str = "overall"          # hatching_best.pt: "overall" (ties: val_loss) or "val_loss"
+    best_metric: str = "val_loss"         # hatching_best.pt: the lowest "val_loss", or "overall" (ties: val_loss)
     tensorboard: bool = True              # event files beside metrics.jsonl when tensorboard is installed
 
 

@@ -37,7 +37,7 @@ batches, and ``bdh.evaluate.quick_eval``'s generation metrics (greedy answers to
 ``monitor.eval_samples`` val prompts of each task, scored by bdh.metrics: function_format_accuracy,
 argument_accuracy, bash_format_accuracy, command_validity, multi_step_accuracy, coherence, overall).
 They are logged, stored as the checkpoints' ``eval_metrics``, and pick ``hatching_best.pt``
-(``monitor.best_metric``: the highest overall score, ties broken by val_loss; or the lowest val_loss).
+(``monitor.best_metric``: the lowest val_loss; or the highest overall score, ties broken by val_loss).
 """
 import argparse
 import contextlib
@@ -287,17 +287,20 @@ LOG_FILES = ("metrics.jsonl", "skipped_steps.jsonl", "alerts.jsonl")
 
 
 def keep_previous_logs(run_dir: str) -> None:
-    """Before a fresh run in a directory that holds another run's logs: move them into
-    ``previous-<UTC time>/`` beside, so that starting over never deletes a run's history."""
+    """Before a fresh run in a directory that holds another run's logs: move them, its TensorBoard events
+    and its checkpoints into ``previous-<UTC time>/`` beside, so that starting over never deletes a run's
+    history and ``--resume auto`` never continues the other run."""
     old = [name for name in LOG_FILES if os.path.exists(os.path.join(run_dir, name))]
     if not old:
         return
+    old += [os.path.basename(p) for pattern in ("events.out.tfevents.*", "hatching_*.pt")
+            for p in glob.glob(os.path.join(run_dir, pattern))]
     stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
     keep = os.path.join(run_dir, f"previous-{stamp}")
     os.makedirs(keep, exist_ok=True)
     for name in old:
         os.replace(os.path.join(run_dir, name), os.path.join(keep, name))
-    log.warning("%s held another run's logs; moved them to %s", run_dir, keep)
+    log.warning("%s held another run's logs and checkpoints; moved them to %s", run_dir, keep)
 
 
 def drop_rows_after(path: str, step: int) -> None:
@@ -425,6 +428,12 @@ def _train(cfg, run_dir, device, dtype, resume_from, distributed, use_wandb, nam
     micro, peak, budget = choose_micro_batch(cfg, per_rank, dtype, device, world)
     accum = per_rank // micro
     stages = cfg.stages()
+    unused = [f"stdp.{k}" for k in ("tau_minus", "A_plus", "A_minus")
+              if getattr(cfg.stdp, k) != getattr(type(cfg.stdp)(), k)]
+    if unused and rank == 0:
+        log.warning("%s set, but the model uses only stdp.tau_plus (its traces are the attention keys; no STDP "
+                    "weight rule runs in training): these values are kept in the checkpoint, nothing more",
+                    ", ".join(unused))
     if peak > budget and rank == 0:
         log.warning("the predicted peak memory %.2f GiB exceeds the budget %.2f GiB even at micro-batch %d: "
                     "training may run out of memory (try training.activation_checkpointing=true)",
@@ -667,11 +676,16 @@ def _train(cfg, run_dir, device, dtype, resume_from, distributed, use_wandb, nam
             bar.close()
             if master:
                 runlog.close()
+            saved = os.path.join(run_dir, f"hatching_step_{step}.pt")
+            weights_ok = all(bool(torch.isfinite(p).all()) for p in params)
             raise TrainingStopped(
                 f"stopping at step {step}: {counters['bad_in_row']} steps in a row had a non-finite loss or "
-                f"gradient (monitor.max_bad_steps={mon.max_bad_steps}); none of them was applied. The state "
-                f"before them is saved in {os.path.join(run_dir, f'hatching_step_{step}.pt')}; see "
-                f"skipped_steps.jsonl for the batches. Try a lower training.learning_rate or a larger lif.tau_mem.")
+                f"gradient (monitor.max_bad_steps={mon.max_bad_steps}); none of them was applied. "
+                + (f"The state before them is saved in {saved}" if weights_ok else
+                   f"The weights were already non-finite before them (an applied step made them so): {saved} "
+                   f"holds them; resume from an earlier checkpoint")
+                + "; see skipped_steps.jsonl for the batches. Try a lower training.learning_rate or a larger "
+                  "lif.tau_mem.")
     bar.close()
     save("hatching_final.pt", step)
     if master:
@@ -740,7 +754,8 @@ def config_changes(old: dict, new: dict, prefix: str = "") -> list:
 def main(argv=None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
-    distributed = args.distributed
+    # started by torchrun with several processes: they must train together, not each the whole run
+    distributed = args.distributed or int(os.environ.get("WORLD_SIZE", "1")) > 1
     if distributed:
         missing = [v for v in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT") if v not in os.environ]
         if missing:
@@ -760,8 +775,10 @@ def main(argv=None) -> int:
         name = args.name or config_name
         run_dir = os.path.join(log_dir, name)
         ckpt = None
-        if args.resume and args.resume != "auto" and args.log_dir is None and args.name is None:
+        if args.resume and args.resume != "auto" and args.name is None:  # continue in the checkpoint's run
             run_dir = os.path.dirname(os.path.abspath(args.resume))
+            if args.log_dir is not None:
+                run_dir = os.path.join(args.log_dir, os.path.basename(run_dir))
         if args.resume == "auto":
             found = list_checkpoints(run_dir)
             if found:

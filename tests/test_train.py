@@ -150,7 +150,7 @@ def test_short_run_writes_metrics_checkpoints_and_events(tmp_path):
     evals = [r for r in got if "val_loss" in r]
     assert all(generation <= set(r) for r in evals)
     best = torch.load(run / "hatching_best.pt", weights_only=True)
-    assert checkpoint_score(best["eval_metrics"], "overall") == max(checkpoint_score(r, "overall") for r in evals)
+    assert best["eval_metrics"]["val_loss"] == min(r["val_loss"] for r in evals)  # monitor.best_metric: val_loss
 
 
 def _has_tensorboard():
@@ -293,7 +293,24 @@ def test_a_fresh_run_keeps_the_previous_runs_logs(tmp_path):
     assert main(run_args(tmp_path, iters=2)) == 0  # no --resume: starts over in the same directory
     (previous,) = [p for p in run.iterdir() if p.name.startswith("previous-")]
     assert rows(previous / "metrics.jsonl") == first
+    assert load_checkpoint(str(previous / "hatching_final.pt"))["step"] == 2  # its checkpoints went along
     assert {r["step"] for r in rows(run / "metrics.jsonl")} == {r["step"] for r in first}
+
+
+def test_resume_from_a_path_continues_in_that_runs_folder(tmp_path):
+    assert main(run_args(tmp_path, iters=2, name="first")) == 0
+    ckpt = tmp_path / "first" / "hatching_final.pt"
+    argv = ["--log-dir", str(tmp_path), "--resume", str(ckpt), "--max-iters", "3"]
+    assert main(argv) == 0
+    assert load_checkpoint(str(ckpt))["step"] == 3 and not (tmp_path / "tiny").exists()
+
+
+def test_processes_started_by_torchrun_train_together(monkeypatch, capsys):
+    monkeypatch.setenv("WORLD_SIZE", "2")  # as torchrun sets it, without --distributed
+    for var in ("RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.delenv(var, raising=False)
+    with pytest.raises(SystemExit, match="--distributed needs torchrun"):
+        main(["--dry-run"])
 
 
 def test_resume_auto_takes_the_best_checkpoint_when_it_is_the_only_one(tmp_path, capsys):
