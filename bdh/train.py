@@ -16,8 +16,8 @@ Everything goes to ``<log_dir>/<name>/``:
 
 * ``metrics.jsonl``: one JSON object per line (written and flushed line by line) every
   ``monitor.log_freq`` steps, at every eval and at every skipped step. Keys: step, stage (1-based),
-  stage_name, train_loss (cross-entropy over the step's target bytes), val_loss and val_loss_<task>
-  (eval steps only), task_loss_<task> (tasks in the step's batch), sparsity_loss (the weighted term added
+  stage_name, train_loss (cross-entropy over the step's target bytes), val_loss, val_loss_<task> and
+  val_perplexity (exp(val_loss), per byte; eval steps only), task_loss_<task> (tasks in the step's batch), sparsity_loss (the weighted term added
   to the loss), grad_norm (before clipping), grad_max (largest |gradient|), nan_count, inf_count
   (skipped steps so far), firing_rate and firing_rate_layer<i>, activation_mean, activation_std (of the
   LIF input currents), learning_rate, weight_norm, update_ratio (||delta theta|| / ||theta|| of the step
@@ -248,6 +248,8 @@ def val_batches(splits: dict, cfg: Config, micro: int) -> list:
 def evaluate_fn(model, batches, val_records, cfg, autocast) -> dict:
     """The periodic eval: val losses on the fixed batches, then the generation metrics (bdh.evaluate)."""
     metrics = val_losses(model, batches, autocast)
+    if "val_loss" in metrics:
+        metrics["val_perplexity"] = math.exp(metrics["val_loss"])
     metrics.update(quick_eval(model, val_records, cfg))
     return metrics
 

@@ -146,7 +146,8 @@ def test_short_run_writes_metrics_checkpoints_and_events(tmp_path):
     assert ckpt["sampler_state"]["draws"] == 8 * 4
     generation = {"coherence", "function_format_accuracy", "argument_accuracy", "bash_format_accuracy",
                   "command_validity", "overall"}
-    assert {"val_loss"} | generation <= set(ckpt["eval_metrics"])
+    assert {"val_loss", "val_perplexity"} | generation <= set(ckpt["eval_metrics"])
+    assert ckpt["eval_metrics"]["val_perplexity"] == pytest.approx(math.exp(ckpt["eval_metrics"]["val_loss"]))
     evals = [r for r in got if "val_loss" in r]
     assert all(generation <= set(r) for r in evals)
     best = torch.load(run / "hatching_best.pt", weights_only=True)
