@@ -27,6 +27,16 @@ template <typename T>
 struct TraceStep {
   T decay;
   BDH_HD T forward(T trace, T spike) const { return trace * decay + spike; }
+
+  // One step of the reverse scan: from c, the gradient carried from the later steps, and g_t, the
+  // gradient of this step's output, the spike's gradient and the c carried to the step before.
+  struct Reverse {
+    T grad_spike, carried;
+  };
+  BDH_HD Reverse backward(T carried, T grad_out) const {
+    const T acc = carried + grad_out;
+    return {acc, acc * decay};
+  }
 };
 
 template <typename T>

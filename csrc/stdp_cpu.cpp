@@ -59,9 +59,9 @@ void trace_backward_window(const Window& w, const at::Tensor& g, const TraceStep
     scalar_t* ot = ow + t * Q;
 #pragma omp simd
     for (int64_t j = 0; j < w.nb; ++j) {
-      const T acc = c[j] + static_cast<T>(gt[j * gQ]);
-      ot[j] = static_cast<scalar_t>(acc);
-      c[j] = acc * step.decay;
+      const auto r = step.backward(c[j], static_cast<T>(gt[j * gQ]));
+      ot[j] = static_cast<scalar_t>(r.grad_spike);
+      c[j] = r.carried;
     }
   }
   std::copy(c, c + w.nb, grad_init + w.n0);

@@ -109,9 +109,9 @@ __global__ void __launch_bounds__(kTraceThreads) trace_backward_kernel(const Tra
 #pragma unroll
     for (int j = kTraceSeg - 1; j >= 0; --j) {
       if (j < nt) {
-        const T acc = c + gr[j];
-        *op = static_cast<scalar_t>(acc);
-        c = acc * a.step.decay;
+        const auto r = a.step.backward(c, gr[j]);
+        *op = static_cast<scalar_t>(r.grad_spike);
+        c = r.carried;
         if (j > 0) op -= a.Q;
       }
     }
