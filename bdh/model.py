@@ -258,9 +258,10 @@ def check_ids(idx, vocab_size: int) -> None:
         raise ValueError(f"idx must be a [B, T] tensor of byte ids (int64 or int32), got {what}")
     if idx.shape[1] == 0:
         raise ValueError(f"idx must have at least one token, got shape {tuple(idx.shape)}")
-    if idx.device.type == "cpu" and idx.numel() and not (0 <= int(idx.min()) and int(idx.max()) < vocab_size):
-        raise ValueError(f"idx must hold byte ids in [0, {vocab_size}), got values from {int(idx.min())} "
-                         f"to {int(idx.max())}")
+    if idx.device.type == "cpu" and idx.numel():
+        low, high = (int(v) for v in idx.aminmax())
+        if not 0 <= low <= high < vocab_size:
+            raise ValueError(f"idx must hold byte ids in [0, {vocab_size}), got values from {low} to {high}")
 
 
 def check_state(state, batch: int, n_layer: int) -> None:

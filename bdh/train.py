@@ -41,7 +41,6 @@ They are logged, stored as the checkpoints' ``eval_metrics``, and pick ``hatchin
 """
 import argparse
 import contextlib
-import dataclasses
 import glob
 import json
 import logging
@@ -65,6 +64,7 @@ from bdh.alerts import AlertMonitor, append_alerts
 from bdh.checkpoint import CheckpointError, list_checkpoints, load_checkpoint, resolve_device, save_checkpoint
 from bdh.config import Config, ConfigError, load_config, parse_override, set_value, validate
 from bdh.data import IGNORE_INDEX, TASKS, CurriculumSampler, collate, load_splits
+from bdh.data.records import write_atomic
 from bdh.evaluate import checkpoint_score, quick_eval, token_losses, val_losses
 from bdh.model import Hatching
 from bdh_kernels import backends as bdh_backends
@@ -314,32 +314,23 @@ def drop_rows_after(path: str, step: int) -> None:
     with open(path, encoding="utf-8", errors="replace") as f:
         text = f.read()
     lines = text.splitlines()
-    if text and not text.endswith("\n") and not _parses(lines[-1]):
-        lines.pop()
-    kept = [line for line in lines if not _row_after(line, step)]
-    if kept == text.splitlines():
-        return
-    tmp = f"{path}.tmp.{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.writelines(line + "\n" for line in kept)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    rows = [_json_or(line, _NOT_JSON) for line in lines]
+    if text and not text.endswith("\n") and rows[-1] is _NOT_JSON:
+        lines, rows = lines[:-1], rows[:-1]
+    kept = [line for line, row in zip(lines, rows)
+            if not (isinstance(row, dict) and isinstance(row.get("step"), (int, float)) and row["step"] > step)]
+    if kept != text.splitlines():
+        write_atomic(path, "".join(line + "\n" for line in kept))
 
 
-def _parses(line: str) -> bool:
+_NOT_JSON = object()
+
+
+def _json_or(line: str, default):
     try:
-        json.loads(line)
+        return json.loads(line)
     except ValueError:
-        return False
-    return True
-
-
-def _row_after(line: str, step: int) -> bool:
-    if not _parses(line):
-        return False
-    row = json.loads(line)
-    return isinstance(row, dict) and isinstance(row.get("step"), (int, float)) and row["step"] > step
+        return default
 
 
 class RunLog:
@@ -520,6 +511,14 @@ def _train(cfg, run_dir, device, dtype, resume_from, distributed, use_wandb, nam
         if master:
             save_checkpoint(os.path.join(run_dir, fname), checkpoint_state(s))
 
+    def stop_training(message: str, exit_code: int):
+        """Save the state at this step, close the logs and stop with ``message``."""
+        save(f"hatching_step_{step}.pt", step)
+        bar.close()
+        if master:
+            runlog.close()
+        raise TrainingStopped(message, exit_code)
+
     current = stage_of(step + 1)
     sampler.set_weights(stages[current][3])
     params = [p for p in raw.parameters()]
@@ -666,28 +665,19 @@ def _train(cfg, run_dir, device, dtype, resume_from, distributed, use_wandb, nam
 
         if step % mon.save_freq == 0:
             save(f"hatching_step_{step}.pt", step)
+        saved = os.path.join(run_dir, f"hatching_step_{step}.pt")
         if step < t_cfg.max_iters and stop.requested(distributed, device):
-            save(f"hatching_step_{step}.pt", step)
-            bar.close()
-            if master:
-                runlog.close()
-            raise TrainingStopped(f"interrupted at step {step}; saved {os.path.join(run_dir, f'hatching_step_{step}.pt')}"
-                                  f"; continue with --resume auto", exit_code=130)
+            stop_training(f"interrupted at step {step}; saved {saved}; continue with --resume auto", exit_code=130)
         if counters["bad_in_row"] >= mon.max_bad_steps:
-            save(f"hatching_step_{step}.pt", step)
-            bar.close()
-            if master:
-                runlog.close()
-            saved = os.path.join(run_dir, f"hatching_step_{step}.pt")
             weights_ok = all(bool(torch.isfinite(p).all()) for p in params)
-            raise TrainingStopped(
+            stop_training(
                 f"stopping at step {step}: {counters['bad_in_row']} steps in a row had a non-finite loss or "
                 f"gradient (monitor.max_bad_steps={mon.max_bad_steps}); none of them was applied. "
                 + (f"The state before them is saved in {saved}" if weights_ok else
                    f"The weights were already non-finite before them (an applied step made them so): {saved} "
                    f"holds them; resume from an earlier checkpoint")
                 + "; see skipped_steps.jsonl for the batches. Try a lower training.learning_rate or a larger "
-                  "lif.tau_mem.")
+                  "lif.tau_mem.", exit_code=3)
     bar.close()
     save("hatching_final.pt", step)
     if master:
@@ -793,12 +783,11 @@ def main(argv=None) -> int:
             ckpt = load_checkpoint(args.resume)
         cfg = make_config(args, base=ckpt["config"] if ckpt and not args.config else None)
         if ckpt is not None:
-            saved = Config.from_dict(ckpt["config"]).model
-            diff = [f"model.{f.name}: checkpoint {getattr(saved, f.name)!r}, config {getattr(cfg.model, f.name)!r}"
-                    for f in dataclasses.fields(saved) if getattr(saved, f.name) != getattr(cfg.model, f.name)]
-            if diff:
-                raise CheckpointError("the checkpoint's model differs from the config: " + "; ".join(diff))
-            changed = config_changes(ckpt["config"], cfg.to_dict())
+            changed = config_changes(Config.from_dict(ckpt["config"]).to_dict(), cfg.to_dict())
+            model = [c for c in changed if c.startswith("model.")]
+            if model:
+                raise CheckpointError("the checkpoint's model differs from the config (checkpoint -> config): "
+                                      + "; ".join(model))
             if changed and rank == 0:
                 print("resuming with settings that differ from the checkpoint's: " + "; ".join(changed))
             if ckpt["step"] >= cfg.training.max_iters:

@@ -10,6 +10,18 @@ from .lif import _check_bool, _check_number, check_neuron, lif
 from .stdp import STDPState, _check_tau, _spike_driven, _weight_change, stdp_traces, stdp_update
 
 
+def check_carried(owner: str, what: str, carried: torch.Tensor, x, time_dim: int) -> None:
+    """A state a module carries from its previous call must fit the neurons of x (x without its time
+    dim); a clear error naming reset() otherwise. The ops check everything else (a bad time_dim too)."""
+    if not isinstance(x, torch.Tensor) or not -x.dim() <= time_dim < x.dim():
+        return
+    t = time_dim % x.dim()
+    neurons = x.shape[:t] + x.shape[t + 1:]
+    if carried.shape != neurons:
+        raise ValueError(f"this {owner} carries {what} of shape {tuple(carried.shape)} from its previous call, but "
+                         f"the input's neurons are {tuple(neurons)}: call reset() before a batch of another shape")
+
+
 class LIF(nn.Module):
     """Leaky integrate-and-fire neurons as a layer: a drop-in replacement for an activation.
 
@@ -50,29 +62,14 @@ class LIF(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         single = self.step_mode == "s"
         keep = single or self.stateful
-        if keep:
-            self._check_carried_state(x)
-        out, state = lif(x.unsqueeze(0) if single else x, time_dim=0 if single else self.time_dim,
-                         v_init=self.v if keep else None, i_init=self.i if keep else None,
-                         return_state=True, **self.params)
+        x_seq, time_dim = (x.unsqueeze(0), 0) if single else (x, self.time_dim)
+        if keep and self.v is not None:
+            check_carried("LIF", "a state", self.v, x_seq, time_dim)
+        out, state = lif(x_seq, time_dim=time_dim, v_init=self.v if keep else None,
+                         i_init=self.i if keep else None, return_state=True, **self.params)
         if keep:
             self.v, self.i = state
         return out.squeeze(0) if single else out
-
-    def _check_carried_state(self, x):
-        """The state carried from the previous call must fit x's neurons (lif() checks everything else)."""
-        if self.v is None or not isinstance(x, torch.Tensor):
-            return
-        if self.step_mode == "s":
-            neurons = x.shape
-        elif -x.dim() <= self.time_dim < x.dim():
-            t = self.time_dim % x.dim()
-            neurons = x.shape[:t] + x.shape[t + 1:]
-        else:
-            return  # lif() names the bad time_dim
-        if neurons != self.v.shape:
-            raise ValueError(f"this LIF carries a state of shape {tuple(self.v.shape)} from its previous call, but "
-                             f"x's neurons are {tuple(neurons)}: call reset() before a batch of another shape")
 
     def extra_repr(self) -> str:
         shown = ", ".join(f"{k}={v!r}" for k, v in self.params.items() if v is not None)
@@ -241,17 +238,9 @@ class STDPLearner(nn.Module):
         return self.apply_delta(lr)
 
     def _check_carried_traces(self, pre, post, time_dim):
-        """The traces carried from the previous sequence must fit this one's neurons (the ops check the rest)."""
-        if self.state is None:
-            return
-        for name, x, trace in (("pre", pre, self.state.pre), ("post", post, self.state.post)):
-            if -x.dim() <= time_dim < x.dim():
-                t = time_dim % x.dim()
-                neurons = x.shape[:t] + x.shape[t + 1:]
-                if trace.shape != neurons:
-                    raise ValueError(f"this learner carries {name} traces of shape {tuple(trace.shape)} from its previous "
-                                     f"sequence, but the recorded {name} spikes' neurons are {tuple(neurons)}: call "
-                                     "reset() before a batch of another shape")
+        if self.state is not None:
+            check_carried("learner", "pre traces", self.state.pre, pre, time_dim)
+            check_carried("learner", "post traces", self.state.post, post, time_dim)
 
     def _conv_update(self, pre, post):
         conv = self.synapse

@@ -14,7 +14,6 @@ import torch
 import bdh.train as train_module
 from bdh.checkpoint import CHECKPOINT_KEYS, CheckpointError, list_checkpoints, load_checkpoint, save_checkpoint
 from bdh.config import ConfigError, load_config, stage_schedule
-from bdh.evaluate import checkpoint_score
 from bdh.train import main
 
 from train_cases import CUSTOM, METRIC_KEYS, MICRO, rows, run_args, subprocess_env
@@ -296,6 +295,13 @@ def test_a_fresh_run_keeps_the_previous_runs_logs(tmp_path):
     assert rows(previous / "metrics.jsonl") == first
     assert load_checkpoint(str(previous / "hatching_final.pt"))["step"] == 2  # its checkpoints went along
     assert {r["step"] for r in rows(run / "metrics.jsonl")} == {r["step"] for r in first}
+
+
+def test_resume_refuses_a_config_with_another_model(tmp_path, capsys):
+    assert main(run_args(tmp_path, iters=2)) == 0
+    assert main(run_args(tmp_path, "--resume", "auto", iters=4, sets=["model.n_layer=3"])) == 1
+    assert "the checkpoint's model differs from the config (checkpoint -> config): model.n_layer: 2 -> 3" \
+        in capsys.readouterr().err
 
 
 def test_resume_from_a_path_continues_in_that_runs_folder(tmp_path):
