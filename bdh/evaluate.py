@@ -8,8 +8,8 @@ Two kinds of numbers, over the val split of each task (bundled starter set, or `
   per byte.
 * **generation metrics** (bdh.metrics, where each is defined): the model writes a greedy answer to
   the prompts of the first ``--max-samples`` records per task (tool_use: episodes), and the answers
-  are scored: function format / name / argument accuracy, bash format accuracy, command validity,
-  multi-step accuracy, coherence, and the overall score, each with its 95% interval and sample size.
+  are scored: function format / name / argument accuracy, JSON validity, bash format accuracy,
+  command validity, multi-step accuracy, coherence, and the overall score, each with its 95% interval and sample size.
 
 What the model sees when it answers: the last ``prompt_bytes`` bytes of the prompt (default
 ``max(max_seq_len - max_new_tokens, max_seq_len // 2)``), so that prompt and answer fit the context

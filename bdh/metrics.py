@@ -15,6 +15,9 @@ Function calls (function_call task, and each call step of a tool_use episode)
       parallel calls) are compared as a multiset: their order does not matter.
     * function name accuracy (a diagnostic between the two): format correct and the called names
       equal the reference's names (a multiset).
+    * JSON validity (the training guide's early stage-2 signal, weaker than format accuracy): the
+      output holds at least one balanced ``<function_call>`` block and every block's body parses as
+      a JSON object, whatever its keys, the names called or the text around the blocks.
 
 Bash (bash_command task) ``score_bash(output)``:
 
@@ -86,6 +89,7 @@ class FunctionCallScore:
     arguments_ok: bool
     calls: list
     error: Optional[str] = None
+    json_ok: bool = False
 
 
 def _strip_output(text: str) -> str:
@@ -118,6 +122,19 @@ def parse_function_calls(text: str, whole: bool = True) -> Tuple[list, Optional[
             return calls, "name must be a string and arguments an object"
         calls.append(call)
     return calls, None
+
+
+def json_valid(text: str) -> bool:
+    """JSON validity: text (up to EOS) has balanced <function_call> blocks, at least one, and every
+    block's body is a JSON object."""
+    text = _strip_output(text)
+    if text.count("<function_call>") != text.count("</function_call>"):
+        return False
+    bodies = FUNCTION_CALL_RE.findall(text)
+    try:
+        return bool(bodies) and all(isinstance(json.loads(body), dict) for body in bodies)
+    except ValueError:
+        return False
 
 
 def _reference_calls(reference) -> list:
@@ -179,11 +196,12 @@ def score_function_call(output: str, reference, offered_schemas=()) -> FunctionC
         unknown = [c["name"] for c in calls if c["name"] not in offered]
         if unknown:
             error = f"calls a function that was not offered: {', '.join(unknown)}"
+    json_ok = json_valid(output)
     if error is not None:
-        return FunctionCallScore(False, False, False, calls, error)
+        return FunctionCallScore(False, False, False, calls, error, json_ok)
     name_ok = sorted(c["name"] for c in calls) == sorted(c["name"] for c in reference)
     arguments_ok = sorted(map(canonical, calls)) == sorted(map(canonical, reference))
-    return FunctionCallScore(True, name_ok, arguments_ok, calls)
+    return FunctionCallScore(True, name_ok, arguments_ok, calls, json_ok=json_ok)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -809,7 +827,7 @@ def score_record(record, output: str, vocabulary=None, known_commands=None) -> D
     if task in ("function_call", "tool_use") and "<function_call>" in record.target:
         s = score_function_call(output, record.target, record.schemas)
         return {"function_format_accuracy": s.format_ok, "function_name_accuracy": s.name_ok,
-                "argument_accuracy": s.arguments_ok}
+                "argument_accuracy": s.arguments_ok, "json_validity": s.json_ok}
     if task == "bash_command":
         s = score_bash(output, known_commands)
         return {"bash_format_accuracy": s.format_ok, "command_validity": s.valid}

@@ -20,7 +20,7 @@ from .alerts import CRITICAL, LAYER_RATE, START, Alert, AlertMonitor, is_step
 from .metrics import OVERALL_WEIGHTS
 
 # the generation metrics of the trainer's evals (bdh.evaluate.quick_eval), in the order shown
-ANSWER_METRICS = ("overall", *OVERALL_WEIGHTS, "function_name_accuracy")
+ANSWER_METRICS = ("overall", *OVERALL_WEIGHTS, "function_name_accuracy", "json_validity")
 
 METRICS_FILE = "metrics.jsonl"
 DEFAULT_LOG_DIR = "runs"

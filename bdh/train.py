@@ -35,7 +35,7 @@ Everything goes to ``<log_dir>/<name>/``:
 Every ``monitor.eval_freq`` steps and at each stage end (``evaluate_fn``): the val losses on fixed val
 batches, and ``bdh.evaluate.quick_eval``'s generation metrics (greedy answers to the first
 ``monitor.eval_samples`` val prompts of each task, scored by bdh.metrics: function_format_accuracy,
-argument_accuracy, bash_format_accuracy, command_validity, multi_step_accuracy, coherence, overall).
+argument_accuracy, json_validity, bash_format_accuracy, command_validity, multi_step_accuracy, coherence, overall).
 They are logged, stored as the checkpoints' ``eval_metrics``, and pick ``hatching_best.pt``
 (``monitor.best_metric``: the lowest val_loss; or the highest overall score, ties broken by val_loss).
 """

@@ -71,6 +71,26 @@ def test_malformed_calls_score_0(output, error):
     assert error in s.error
 
 
+@pytest.mark.parametrize("output, valid", [
+    (REFERENCE, True),
+    (fc("get_forecast", {"city": "Paris"}), True),  # a function not offered: still JSON
+    ("Sure! " + REFERENCE + " Let me check.", True),  # text around the blocks: still JSON
+    ('<function_call>{"name": "get_weather"}</function_call>', True),  # wrong keys: still a JSON object
+    (REFERENCE + fc("get_time", {}), True),
+    (REFERENCE + "\x00<function_call>{broken", True),  # after EOS is not the answer
+    ("", False),
+    ("The weather in Paris is nice.", False),
+    ('<function_call>{"name": "get_weather", "arguments": {"city": "Paris"}', False),  # unbalanced
+    ('<function_call>{"name": "get_weather", "arguments": {"city": "Paris",}}</function_call>', False),
+    ("<function_call>{'name': 'get_weather', 'arguments': {}}</function_call>", False),
+    ('<function_call>["get_weather", {}]</function_call>', False),  # JSON, but not an object
+    (REFERENCE + "<function_call>{</function_call>", False),  # one bad block of two
+])
+def test_json_validity(output, valid):
+    assert ev.json_valid(output) is valid
+    assert score_function_call(output, REFERENCE, OFFERED).json_ok is valid
+
+
 def test_numbers_are_compared_as_json_values():
     reference = fc("get_weather", {"city": "Paris", "days": 2, "ratio": 0.5, "tags": ["a", {"b": None}]})
     same = '<function_call>{"name": "get_weather", "arguments": {"ratio": 0.50, "days": 2.0, "city": "Paris", "tags": ["a", {"b": null}]}}</function_call>'
@@ -306,6 +326,7 @@ def test_evaluate_outputs_with_reference_answers(starter_val):
     report = evaluate_outputs(starter_val, answers.__getitem__, max_samples=30)
     m = {name: metric["value"] for name, metric in report["metrics"].items()}
     assert m["function_format_accuracy"] == m["argument_accuracy"] == m["function_name_accuracy"] == 1.0
+    assert m["json_validity"] == 1.0
     assert m["bash_format_accuracy"] == 1.0
     assert m["multi_step_accuracy"] == 1.0 and report["metrics"]["multi_step_accuracy"]["n"] == 5
     assert m["coherence"] > 0.85
