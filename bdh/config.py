@@ -169,7 +169,7 @@ class Config:
         return cfg
 
     def stages(self) -> list:
-        """[(name, first_step, last_step, weights)] with steps 1-based, scaled to training.max_iters."""
+        """[ScheduledStage(name, first, last, weights)]: steps 1-based, scaled to training.max_iters."""
         return stage_schedule(self)
 
 
@@ -350,8 +350,17 @@ def validate(cfg: Config) -> Config:
 
 
 # --------------------------------------------------------------------------------------- schedule
+class ScheduledStage(typing.NamedTuple):
+    """A curriculum stage placed on the run's steps: steps first..last (1-based, inclusive)."""
+
+    name: str
+    first: int
+    last: int
+    weights: dict  # {task: weight}
+
+
 def stage_schedule(cfg: Config) -> list:
-    """[(name, first_step, last_step, weights)], 1-based inclusive steps covering 1..max_iters.
+    """[ScheduledStage], 1-based inclusive steps covering 1..max_iters.
 
     The stages' iters are scaled proportionally so they add up to training.max_iters (the guide's
     10000 split 2000/3000/3000/2000 becomes 8/12/12/8 for --max-iters 40). Every stage keeps at least
@@ -360,7 +369,7 @@ def stage_schedule(cfg: Config) -> list:
     stages = cfg.curriculum.stages
     if not cfg.curriculum.enabled:
         last = stages[-1]
-        return [(last.name or "multi_task", 1, cfg.training.max_iters, dict(last.weights))]
+        return [ScheduledStage(last.name or "multi_task", 1, cfg.training.max_iters, dict(last.weights))]
     total, n = sum(s.iters for s in stages), cfg.training.max_iters
     out, cum, prev_end = [], 0, 0
     for i, s in enumerate(stages):
@@ -369,7 +378,7 @@ def stage_schedule(cfg: Config) -> list:
         end = min(n, max(end, prev_end + 1)) if i < len(stages) - 1 else n
         if end > prev_end:
             name = s.name or (STAGE_NAMES[i] if i < len(STAGE_NAMES) else f"stage{i + 1}")
-            out.append((name, prev_end + 1, end, dict(s.weights)))
+            out.append(ScheduledStage(name, prev_end + 1, end, dict(s.weights)))
         prev_end = end
     return out
 

@@ -392,6 +392,135 @@ class RunLog:
             self.wandb.finish()
 
 
+# -------------------------------------------------------------------------------------------- steps
+def warn_about_settings(cfg: Config, micro: int, peak: int, budget: int) -> None:
+    """Warn about settings that do not do what they seem to: STDP rule constants the model does not use,
+    and a predicted peak beyond the memory budget."""
+    unused = [f"stdp.{k}" for k in ("tau_minus", "A_plus", "A_minus")
+              if getattr(cfg.stdp, k) != getattr(type(cfg.stdp)(), k)]
+    if unused:
+        log.warning("%s set, but the model uses only stdp.tau_plus (its traces are the attention keys; no STDP "
+                    "weight rule runs in training): these values are kept in the checkpoint, nothing more",
+                    ", ".join(unused))
+    if peak > budget:
+        log.warning("the predicted peak memory %.2f GiB exceeds the budget %.2f GiB even at micro-batch %d: "
+                    "training may run out of memory (try training.activation_checkpointing=true)",
+                    peak / 2**30, budget / 2**30, micro)
+
+
+def make_optimizer(model: torch.nn.Module, cfg: Config, device: torch.device):
+    """AdamW (weight decay on matrices only) and its schedule, warmup then cosine (lr_lambda)."""
+    t = cfg.training
+    decay = [p for p in model.parameters() if p.dim() >= 2]
+    no_decay = [p for p in model.parameters() if p.dim() < 2]
+    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": t.weight_decay},
+                                   {"params": no_decay, "weight_decay": 0.0}],
+                                  lr=t.learning_rate, betas=(t.beta1, t.beta2), fused=device.type == "cuda")
+    return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg))
+
+
+def restore(ckpt: dict, model, optimizer, scheduler, sampler, t_cfg) -> tuple:
+    """Load a checkpoint into the run's model, optimizer, schedule, sampler and RNGs (the config's optimizer
+    settings win: use_config_optimizer_settings). Returns (step, eval_metrics, trainer_state)."""
+    model.load_state_dict(ckpt["model_state"])
+    optimizer.load_state_dict(ckpt["optimizer_state"])
+    scheduler.load_state_dict(ckpt["scheduler_state"])
+    use_config_optimizer_settings(optimizer, scheduler, t_cfg)
+    sampler.load_state_dict(ckpt["sampler_state"])
+    set_rng_state(ckpt["rng_state"])
+    return int(ckpt["step"]), dict(ckpt["eval_metrics"]), dict(ckpt.get("trainer_state", {}))
+
+
+def stage_at(stages: list, step: int) -> int:
+    """The index of the curriculum stage (config.ScheduledStage) that holds ``step``; the last past the end."""
+    for i, stage in enumerate(stages):
+        if stage.first <= step <= stage.last:
+            return i
+    return len(stages) - 1
+
+
+class StepStats:
+    """What one step sums over its micro-batches, in one float64 buffer that the ranks reduce with one
+    all_reduce: [cross-entropy sum, target tokens, per-task cross-entropy sums, per-task target tokens,
+    firing rates (2 per layer) and sparsity loss (both means over the global batch), LIF input current
+    sum, sum of squares and count]."""
+
+    def __init__(self, n_layer: int, world_size: int, device: torch.device):
+        self.world_size = world_size
+        k = len(TASKS)
+        self.task_ce, self.task_tokens = slice(2, 2 + k), slice(2 + k, 2 + 2 * k)
+        self.rates = slice(2 + 2 * k, 2 + 2 * k + 2 * n_layer)
+        self.sparsity = self.rates.stop
+        self.drive = slice(self.sparsity + 1, self.sparsity + 4)
+        self.buf = torch.zeros(self.drive.stop, dtype=torch.float64, device=device)
+
+    def add(self, losses, targets, tasks, out, sparsity, share: float) -> None:
+        """One micro-batch: its per-token losses [b, T] and targets, its records' tasks, the model's output,
+        share: its fraction of the rank's batch, and its sparsity loss (already scaled by share)."""
+        with torch.no_grad():
+            row_ce = losses.sum(1).double()
+            row_tokens = (targets != IGNORE_INDEX).sum(1).double()
+            task_ids = torch.tensor([TASKS.index(t) for t in tasks], device=self.buf.device)
+            self.buf[0] += row_ce.sum()
+            self.buf[1] += row_tokens.sum()
+            self.buf[self.task_ce].index_add_(0, task_ids, row_ce)
+            self.buf[self.task_tokens].index_add_(0, task_ids, row_tokens)
+            self.buf[self.rates] += out.rates.detach().double().flatten() * (share / self.world_size)
+            self.buf[self.sparsity] += sparsity.detach().double() / self.world_size
+            if out.drive is not None:
+                self.buf[self.drive] += out.drive.double().sum(0)
+
+    def train_loss(self) -> float:
+        return (self.buf[0] / self.buf[1].clamp_min(1)).item()
+
+    def task_losses(self) -> dict:
+        """task_loss_<task>: mean cross-entropy per target token of each task in the step's batch."""
+        ce, tokens = self.buf[self.task_ce].tolist(), self.buf[self.task_tokens].tolist()
+        return {f"task_loss_{t}": c / n for t, c, n in zip(TASKS, ce, tokens) if n > 0}
+
+    def sparsity_loss(self) -> float:
+        return self.buf[self.sparsity].item()
+
+    def activity(self) -> dict:
+        """firing_rate (mean), firing_rate_layer<i>, and activation_mean/std of the LIF input currents."""
+        rates = self.buf[self.rates].tolist()
+        row = {"firing_rate": sum(rates) / len(rates)}
+        row.update({f"firing_rate_layer{i}": (rates[2 * i] + rates[2 * i + 1]) / 2 for i in range(len(rates) // 2)})
+        total, squares, count = self.buf[self.drive].tolist()
+        if count > 0:
+            mean = total / count
+            row.update(activation_mean=mean, activation_std=math.sqrt(max(0.0, squares / count - mean * mean)))
+        return row
+
+
+def parameter_norms(params: list, before: Optional[list]) -> dict:
+    """weight_norm ||theta|| and update_ratio ||theta - before|| / ||before|| (0 without ``before``: a
+    skipped step, or a step whose row is not logged)."""
+    with torch.no_grad():
+        weight_norm = torch.linalg.vector_norm(torch.stack([p.detach().norm() for p in params])).item()
+        update_ratio = 0.0
+        if before is not None:
+            delta = torch.stack([(p.detach() - b).norm() for p, b in zip(params, before)]).norm()
+            update_ratio = (delta / torch.stack([b.norm() for b in before]).norm()).item()
+    return {"weight_norm": weight_norm, "update_ratio": update_ratio}
+
+
+def all_batch_ids(ids: list, distributed: bool) -> list:
+    """The record ids of the whole step's batch: this rank's, or every rank's in rank order."""
+    if not distributed:
+        return ids
+    gathered = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, ids)
+    return [i for g in gathered for i in g]
+
+
+def progress_line(row: dict) -> str:
+    """The line printed per metrics row when there is no progress bar (output not a terminal)."""
+    return (f"step {row['step']} stage {row['stage']} loss {row['train_loss']:.4f}"
+            + (f" val {row['val_loss']:.4f}" if "val_loss" in row else "")
+            + f" rate {row['firing_rate']:.3f} grad {row['grad_norm']:.3f} {row['tokens_per_s']:.0f} tok/s")
+
+
 # -------------------------------------------------------------------------------------------- train
 def train(cfg: Config, run_dir: str, device: torch.device, dtype: torch.dtype, resume_from=None,
           distributed: bool = False, use_wandb: bool = False, name: str = "run") -> dict:
@@ -421,16 +550,8 @@ def _train(cfg, run_dir, device, dtype, resume_from, distributed, use_wandb, nam
     micro, peak, budget = choose_micro_batch(cfg, per_rank, dtype, device, world)
     accum = per_rank // micro
     stages = cfg.stages()
-    unused = [f"stdp.{k}" for k in ("tau_minus", "A_plus", "A_minus")
-              if getattr(cfg.stdp, k) != getattr(type(cfg.stdp)(), k)]
-    if unused and rank == 0:
-        log.warning("%s set, but the model uses only stdp.tau_plus (its traces are the attention keys; no STDP "
-                    "weight rule runs in training): these values are kept in the checkpoint, nothing more",
-                    ", ".join(unused))
-    if peak > budget and rank == 0:
-        log.warning("the predicted peak memory %.2f GiB exceeds the budget %.2f GiB even at micro-batch %d: "
-                    "training may run out of memory (try training.activation_checkpointing=true)",
-                    peak / 2**30, budget / 2**30, micro)
+    if master:
+        warn_about_settings(cfg, micro, peak, budget)
 
     # model, optimizer, schedule: seeded identically on every rank (DDP also broadcasts rank 0's weights)
     torch.manual_seed(t_cfg.seed)
@@ -438,36 +559,21 @@ def _train(cfg, run_dir, device, dtype, resume_from, distributed, use_wandb, nam
     np.random.seed(t_cfg.seed)
     raw = build_model(cfg, device)
     raw.activation_checkpointing = t_cfg.activation_checkpointing
-    decay = [p for p in raw.parameters() if p.dim() >= 2]
-    no_decay = [p for p in raw.parameters() if p.dim() < 2]
-    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": t_cfg.weight_decay},
-                                   {"params": no_decay, "weight_decay": 0.0}],
-                                  lr=t_cfg.learning_rate, betas=(t_cfg.beta1, t_cfg.beta2),
-                                  fused=device.type == "cuda")
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg))
+    optimizer, scheduler = make_optimizer(raw, cfg, device)
     torch.manual_seed(t_cfg.seed + rank)  # dropout differs between ranks
 
-    splits, sampler = load_data(cfg, per_rank, stages[0][3], rank, world)
+    splits, sampler = load_data(cfg, per_rank, stages[0].weights, rank, world)
     vals = val_batches(splits, cfg, micro)
     val_records = {t: s.val for t, s in splits.items() if s.val}
 
-    step, eval_metrics, fresh, resume_state = 0, {}, resume_from is None, {}
+    step, eval_metrics, alert_state = 0, {}, None
     counters = {"nan_count": 0, "inf_count": 0, "bad_in_row": 0, "best_score": None}
     if resume_from is not None:
-        ckpt = resume_from
-        raw.load_state_dict(ckpt["model_state"])
-        optimizer.load_state_dict(ckpt["optimizer_state"])
-        scheduler.load_state_dict(ckpt["scheduler_state"])
-        use_config_optimizer_settings(optimizer, scheduler, t_cfg)
-        sampler.load_state_dict(ckpt["sampler_state"])
-        step, eval_metrics = int(ckpt["step"]), dict(ckpt["eval_metrics"])
-        trainer_state = dict(ckpt.get("trainer_state", {}))
-        resume_state["alerts"] = trainer_state.pop("alerts", None)
+        step, eval_metrics, trainer_state = restore(resume_from, raw, optimizer, scheduler, sampler, t_cfg)
+        alert_state = trainer_state.pop("alerts", None)
         counters.update(trainer_state)
-        set_rng_state(ckpt["rng_state"])
         if rank:
             torch.manual_seed(t_cfg.seed + rank + step)  # rank 0's RNG state is the one saved
-        del resume_from, ckpt
 
     model = raw
     if t_cfg.compile:
@@ -476,9 +582,9 @@ def _train(cfg, run_dir, device, dtype, resume_from, distributed, use_wandb, nam
         model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     model.train()
     autocast = torch.autocast(device.type, dtype=dtype) if dtype != torch.float32 else contextlib.nullcontext()
-    runlog = RunLog(run_dir, cfg, None if fresh else step, use_wandb=use_wandb, name=name) if master else None
-    if master and resume_state.get("alerts") is not None:
-        runlog.alert_monitor.load_state_dict(resume_state["alerts"])
+    runlog = RunLog(run_dir, cfg, None if resume_from is None else step, use_wandb=use_wandb, name=name) if master else None
+    if alert_state is not None and master:
+        runlog.alert_monitor.load_state_dict(alert_state)
 
     def say(msg):
         if master:
@@ -488,28 +594,18 @@ def _train(cfg, run_dir, device, dtype, resume_from, distributed, use_wandb, nam
         f"= {world} rank(s) x {accum} micro-batch(es) of {micro}, seq {t_cfg.max_seq_len}, {device} {dtype}, "
         f"predicted peak {peak / 2**30:.2f} GiB (budget {budget / 2**30:.1f} GiB); "
         f"lif {'on' if cfg.lif.enabled else 'OFF (ReLU)'}, stdp traces {'on' if cfg.stdp.enabled else 'OFF'}")
-    for i, (sname, first, last, w) in enumerate(stages):
-        say(f"  stage {i + 1}/{len(stages)} {sname}: steps {first}-{last}, mix {w}")
+    for i, s in enumerate(stages):
+        say(f"  stage {i + 1}/{len(stages)} {s.name}: steps {s.first}-{s.last}, mix {s.weights}")
     if step:
         say(f"resumed at step {step}")
 
-    def stage_of(s):
-        for i, (sname, first, last, w) in enumerate(stages):
-            if first <= s <= last:
-                return i
-        return len(stages) - 1
-
-    def checkpoint_state(s):
-        trainer_state = dict(counters)
-        if master:
-            trainer_state["alerts"] = runlog.alert_monitor.state_dict()
-        return {"step": s, "model_state": raw.state_dict(), "optimizer_state": optimizer.state_dict(),
-                "scheduler_state": scheduler.state_dict(), "config": cfg.to_dict(), "eval_metrics": eval_metrics,
-                "rng_state": rng_state(), "sampler_state": sampler.state_dict(), "trainer_state": trainer_state}
-
     def save(fname, s):
         if master:
-            save_checkpoint(os.path.join(run_dir, fname), checkpoint_state(s))
+            trainer_state = {**counters, "alerts": runlog.alert_monitor.state_dict()}
+            save_checkpoint(os.path.join(run_dir, fname), {
+                "step": s, "model_state": raw.state_dict(), "optimizer_state": optimizer.state_dict(),
+                "scheduler_state": scheduler.state_dict(), "config": cfg.to_dict(), "eval_metrics": eval_metrics,
+                "rng_state": rng_state(), "sampler_state": sampler.state_dict(), "trainer_state": trainer_state})
 
     def stop_training(message: str, exit_code: int):
         """Save the state at this step, close the logs and stop with ``message``."""
@@ -519,36 +615,30 @@ def _train(cfg, run_dir, device, dtype, resume_from, distributed, use_wandb, nam
             runlog.close()
         raise TrainingStopped(message, exit_code)
 
-    current = stage_of(step + 1)
-    sampler.set_weights(stages[current][3])
-    params = [p for p in raw.parameters()]
-    task_index = {t: i for i, t in enumerate(TASKS)}
-    n_layer = cfg.model.n_layer
+    current = stage_at(stages, step + 1)
+    sampler.set_weights(stages[current].weights)
+    params = list(raw.parameters())
     bar = tqdm(total=t_cfg.max_iters, initial=step, disable=None if master else True, dynamic_ncols=True)
-    quiet = bar.disable
     row, train_time, tokens_since = {}, 0.0, 0
     while step < t_cfg.max_iters:
         step += 1
-        stage = stage_of(step)
+        stage = stage_at(stages, step)
         if stage != current:
             current = stage
-            sampler.set_weights(stages[stage][3])
-            say(f"step {step}: stage {stage + 1}/{len(stages)} {stages[stage][0]}, mix {stages[stage][3]}")
-        eval_now = step % mon.eval_freq == 0 or step == stages[stage][2]
+            sampler.set_weights(stages[stage].weights)
+            say(f"step {step}: stage {stage + 1}/{len(stages)} {stages[stage].name}, mix {stages[stage].weights}")
+        eval_now = step % mon.eval_freq == 0 or step == stages[stage].last
         row_now = step % mon.log_freq == 0 or eval_now or step == t_cfg.max_iters
         t0 = time.time()
 
         # ---- forward / backward over the micro-batches of this rank's share of the batch
         batch = collate(sampler.next_batch(), t_cfg.max_seq_len)
         inputs, targets = batch["inputs"].to(device), batch["targets"].to(device)
-        # [0] CE sum, [1] target tokens, [2:2+5] per-task CE sums, [7:12] per-task tokens, then rates, drive
-        stats = torch.zeros(2 + 2 * len(TASKS) + 2 * n_layer + 3, dtype=torch.float64, device=device)
-        stats[1] = (targets != IGNORE_INDEX).sum()
-        n_global = stats[1].clone()
+        n_global = (targets != IGNORE_INDEX).sum().double()  # the step's target tokens, over all ranks
         if distributed:
             dist.all_reduce(n_global)
         raw.collect_stats = row_now
-        sparsity_total = torch.zeros((), device=device)
+        stats = StepStats(cfg.model.n_layer, world, device)
         for j in range(accum):
             sl = slice(j * micro, (j + 1) * micro)
             sync = contextlib.nullcontext() if not distributed or j == accum - 1 else model.no_sync()
@@ -559,39 +649,23 @@ def _train(cfg, run_dir, device, dtype, resume_from, distributed, use_wandb, nam
                 sparsity = raw.sparsity_loss(out.rates) * (micro / per_rank)
                 loss = losses.sum() * world / n_global.clamp_min(1).float() + sparsity
                 loss.backward()
-            with torch.no_grad():
-                row_sums = losses.sum(1).double()
-                stats[0] += row_sums.sum()
-                off = 2 + 2 * len(TASKS)
-                stats[off:off + 2 * n_layer] += out.rates.detach().double().flatten() * (micro / per_rank / world)
-                if out.drive is not None:
-                    stats[off + 2 * n_layer:] += out.drive.double().sum(0)
-                for r, task in enumerate(batch["tasks"][sl]):
-                    stats[2 + task_index[task]] += row_sums[r]
-                    stats[2 + len(TASKS) + task_index[task]] += (targets[sl][r] != IGNORE_INDEX).sum()
-            sparsity_total += sparsity.detach().float()
+            stats.add(losses, targets[sl], batch["tasks"][sl], out, sparsity, share=micro / per_rank)
         if distributed:
-            dist.all_reduce(stats)
-            dist.all_reduce(sparsity_total)
-            sparsity_total /= world
-        train_loss = (stats[0] / stats[1].clamp_min(1)).item()
+            dist.all_reduce(stats.buf)
+        train_loss = stats.train_loss()
 
         # ---- gradient health, the non-finite guard, the step
         grad_max = torch.stack([p.grad.abs().max() for p in params if p.grad is not None]).max().item()
         clip = t_cfg.grad_clip if t_cfg.grad_clip > 0 else math.inf
         grad_norm = torch.nn.utils.clip_grad_norm_(params, clip).item()  # the norm before clipping
         bad = mon.nan_check and not (math.isfinite(train_loss) and math.isfinite(grad_norm))
-        before = [p.detach().clone() for p in params] if row_now else None
+        before = [p.detach().clone() for p in params] if row_now and not bad else None
         lr = optimizer.param_groups[0]["lr"]
         if bad:
             kind = "nan_count" if math.isnan(train_loss) or math.isnan(grad_norm) else "inf_count"
             counters[kind] += 1
             counters["bad_in_row"] += 1
-            ids = batch["ids"]
-            if distributed:
-                gathered = [None] * world
-                dist.all_gather_object(gathered, ids)
-                ids = [i for g in gathered for i in g]
+            ids = all_batch_ids(batch["ids"], distributed)
             if master:
                 runlog.write_skipped({"step": step, "reason": kind[:3], "train_loss": train_loss,
                                       "grad_norm": grad_norm, "ids": ids, "time": time.time()})
@@ -609,35 +683,13 @@ def _train(cfg, run_dir, device, dtype, resume_from, distributed, use_wandb, nam
         train_time += time.time() - t0
         tokens_since += t_cfg.batch_size * t_cfg.max_seq_len
 
-        # ---- metrics row
+        # ---- metrics row; at eval steps the evals, and hatching_best.pt when they are the best so far
         if row_now or bad:
-            with torch.no_grad():
-                weight_norm = torch.linalg.vector_norm(torch.stack([p.detach().norm() for p in params])).item()
-                if before is not None and not bad:
-                    delta = torch.stack([(p.detach() - b).norm() for p, b in zip(params, before)]).norm()
-                    update_ratio = (delta / torch.stack([b.norm() for b in before]).norm()).item()
-                else:
-                    update_ratio = 0.0
-            s = stats.cpu().tolist()
-            off = 2 + 2 * len(TASKS)
-            rates = s[off:off + 2 * n_layer]
-            drive = s[off + 2 * n_layer:]
-            row = {"step": step, "stage": stage + 1, "stage_name": stages[stage][0], "train_loss": train_loss}
-            for t, i in task_index.items():
-                if s[2 + len(TASKS) + i] > 0:
-                    row[f"task_loss_{t}"] = s[2 + i] / s[2 + len(TASKS) + i]
-            row.update({"sparsity_loss": sparsity_total.item(), "grad_norm": grad_norm, "grad_max": grad_max,
-                        "nan_count": counters["nan_count"], "inf_count": counters["inf_count"],
-                        "firing_rate": sum(rates) / len(rates)})
-            for i in range(n_layer):
-                row[f"firing_rate_layer{i}"] = (rates[2 * i] + rates[2 * i + 1]) / 2
-            if drive[2] > 0:
-                mean = drive[0] / drive[2]
-                row["activation_mean"] = mean
-                row["activation_std"] = math.sqrt(max(0.0, drive[1] / drive[2] - mean * mean))
-            row.update({"learning_rate": lr, "weight_norm": weight_norm, "update_ratio": update_ratio,
-                        "tokens_per_s": tokens_since / max(train_time, 1e-9),
-                        "peak_memory_mb": peak_memory_mb(device)})
+            row = {"step": step, "stage": stage + 1, "stage_name": stages[stage].name, "train_loss": train_loss,
+                   **stats.task_losses(), "sparsity_loss": stats.sparsity_loss(), "grad_norm": grad_norm,
+                   "grad_max": grad_max, "nan_count": counters["nan_count"], "inf_count": counters["inf_count"],
+                   **stats.activity(), "learning_rate": lr, **parameter_norms(params, before),
+                   "tokens_per_s": tokens_since / max(train_time, 1e-9), "peak_memory_mb": peak_memory_mb(device)}
             train_time, tokens_since = 0.0, 0
             if eval_now and master:
                 eval_metrics = {"step": step, **evaluate_fn(raw, vals, val_records, cfg, autocast)}
@@ -646,11 +698,8 @@ def _train(cfg, run_dir, device, dtype, resume_from, distributed, use_wandb, nam
             if master:
                 for a in runlog.write(row):
                     say(f"alert: {a}")
-                if quiet:
-                    print(f"step {step} stage {stage + 1} loss {train_loss:.4f}"
-                          + (f" val {row['val_loss']:.4f}" if "val_loss" in row else "")
-                          + f" rate {row['firing_rate']:.3f} grad {grad_norm:.3f} "
-                            f"{row['tokens_per_s']:.0f} tok/s", flush=True)
+                if bar.disable:  # no progress bar (not a terminal): a line per row instead
+                    print(progress_line(row), flush=True)
                 if eval_now and "val_loss" in row:
                     say(f"step {step}: val_loss {row['val_loss']:.4f} "
                         + " ".join(f"{k[9:]} {v:.3f}" for k, v in row.items() if k.startswith("val_loss_")))
@@ -661,7 +710,7 @@ def _train(cfg, run_dir, device, dtype, resume_from, distributed, use_wandb, nam
                     save("hatching_best.pt", step)
         bar.update(1)
         bar.set_postfix(loss=f"{train_loss:.3f}", tok_s=f"{t_cfg.batch_size * t_cfg.max_seq_len / max(time.time() - t0, 1e-9):.0f}",
-                        stage=f"{stage + 1}:{stages[stage][0]}", refresh=False)
+                        stage=f"{stage + 1}:{stages[stage].name}", refresh=False)
 
         if step % mon.save_freq == 0:
             save(f"hatching_step_{step}.pt", step)
@@ -809,8 +858,8 @@ def main(argv=None) -> int:
                       f"activation checkpointing {'on' if cfg.training.activation_checkpointing else 'off'}\n"
                       f"micro-batch {micro} x {per_rank // micro} accumulation step(s) x {world} rank(s)\n"
                       f"predicted peak memory {peak / 2**30:.2f} GiB per rank; budget {budget / 2**30:.2f} GiB: {fits}")
-                for i, (sname, first, last, w) in enumerate(cfg.stages()):
-                    print(f"stage {i + 1} {sname}: steps {first}-{last} {w}")
+                for i, s in enumerate(cfg.stages()):
+                    print(f"stage {i + 1} {s.name}: steps {s.first}-{s.last} {s.weights}")
             return 0
         if rank == 0:
             os.makedirs(run_dir, exist_ok=True)

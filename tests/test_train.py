@@ -25,9 +25,9 @@ def test_custom_yaml_from_the_guide_loads_as_written():
     assert cfg.training.learning_rate == 1e-3 and isinstance(cfg.training.learning_rate, float)  # "1e-3" in YAML 1.1
     assert (cfg.model.n_layer, cfg.model.n_embd, cfg.lif.tau_mem, cfg.lif.tau_syn) == (6, 256, 10.0, 5.0)
     assert cfg.stdp.A_minus == 0.0105 and cfg.monitor.nan_check is True
-    names = [s[0] for s in cfg.stages()]
+    names = [s.name for s in cfg.stages()]
     assert names == ["text_coherence", "function_calling", "bash_commands", "multi_task"]
-    assert [(s[1], s[2]) for s in cfg.stages()] == [(1, 2000), (2001, 5000), (5001, 8000), (8001, 10000)]
+    assert [(s.first, s.last) for s in cfg.stages()] == [(1, 2000), (2001, 5000), (5001, 8000), (8001, 10000)]
 
 
 @pytest.mark.parametrize("text, key", [
@@ -96,10 +96,41 @@ def test_tiers_match_the_guide():
 
 def test_stages_scale_with_max_iters():
     cfg = load_config(CUSTOM, ["training.max_iters=40"])
-    assert [(s[1], s[2]) for s in stage_schedule(cfg)] == [(1, 8), (9, 20), (21, 32), (33, 40)]
+    assert [(s.first, s.last) for s in stage_schedule(cfg)] == [(1, 8), (9, 20), (21, 32), (33, 40)]
     cfg = load_config(CUSTOM, ["training.max_iters=3"])  # fewer steps than stages: the last ones drop out
-    spans = [(s[1], s[2]) for s in stage_schedule(cfg)]
+    spans = [(s.first, s.last) for s in stage_schedule(cfg)]
     assert spans[0][0] == 1 and spans[-1][1] == 3 and all(a <= b for a, b in spans)
+
+
+def test_stage_at_finds_each_steps_stage():
+    stages = stage_schedule(load_config(CUSTOM, ["training.max_iters=40"]))
+    assert stages[1].name == stages[1][0] and (stages[1].first, stages[1].last) == (9, 20)
+    assert [train_module.stage_at(stages, s) for s in (1, 8, 9, 20, 21, 40, 41)] == [0, 0, 1, 1, 2, 3, 3]
+
+
+def test_step_stats_sum_micro_batches_into_the_rows_metrics():
+    """Two micro-batches of a rank's batch: task losses are per-token means over both, rates and the
+    sparsity loss the batch means, activation mean/std from the summed moments."""
+    from types import SimpleNamespace
+    from bdh.data import IGNORE_INDEX
+    stats = train_module.StepStats(n_layer=2, world_size=1, device=torch.device("cpu"))
+    losses = [torch.tensor([[1.0, 3.0, 0.0], [2.0, 0.0, 0.0]]), torch.tensor([[4.0, 4.0, 4.0]])]
+    targets = [torch.tensor([[5, 5, IGNORE_INDEX], [5, IGNORE_INDEX, IGNORE_INDEX]]), torch.tensor([[5, 5, 5]])]
+    tasks = [["text_completion", "bash_command"], ["text_completion"]]
+    rates = [torch.tensor([[0.1, 0.2], [0.3, 0.4]]), torch.tensor([[0.3, 0.4], [0.5, 0.6]])]
+    drives = [torch.tensor([[1.0, 5.0, 4.0]]), torch.tensor([[3.0, 5.0, 2.0]])]  # sum, sum of squares, count
+    for j, share in enumerate((2 / 3, 1 / 3)):
+        out = SimpleNamespace(rates=rates[j], drive=drives[j])
+        stats.add(losses[j], targets[j], tasks[j], out, torch.tensor(0.5 * share), share)
+    assert stats.train_loss() == pytest.approx(18 / 6)
+    assert stats.task_losses() == pytest.approx({"task_loss_text_completion": 16 / 5, "task_loss_bash_command": 2.0})
+    assert stats.sparsity_loss() == pytest.approx(0.5)
+    rate = [(2 / 3) * a + (1 / 3) * b for a, b in zip([0.1, 0.2, 0.3, 0.4], [0.3, 0.4, 0.5, 0.6])]
+    activity = stats.activity()
+    assert activity["firing_rate"] == pytest.approx(sum(rate) / 4)
+    assert activity["firing_rate_layer1"] == pytest.approx((rate[2] + rate[3]) / 2)
+    assert activity["activation_mean"] == pytest.approx(4 / 6)
+    assert activity["activation_std"] == pytest.approx(math.sqrt(10 / 6 - (4 / 6) ** 2))
 
 
 def test_dry_run_prints_memory_and_micro_batch(tmp_path, capsys):
