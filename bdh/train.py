@@ -118,10 +118,16 @@ class StopRequest:
 
 
 # ------------------------------------------------------------------------------------------- setup
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+
+
 def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
+    """training.dtype: "auto" (bf16 on a GPU that has it, else fp32), "float32" or "bfloat16"."""
     if name == "auto":
         return torch.bfloat16 if device.type == "cuda" and torch.cuda.is_bf16_supported() else torch.float32
-    return {"float32": torch.float32, "bfloat16": torch.bfloat16}[name]
+    if name not in DTYPES:
+        raise ConfigError(f"training.dtype: {name!r} is not one of auto, {', '.join(DTYPES)}")
+    return DTYPES[name]
 
 
 def build_model(cfg: Config, device: torch.device) -> Hatching:
@@ -522,22 +528,72 @@ def progress_line(row: dict) -> str:
 
 
 # -------------------------------------------------------------------------------------------- train
-def train(cfg: Config, run_dir: str, device: torch.device, dtype: torch.dtype, resume_from=None,
-          distributed: bool = False, use_wandb: bool = False, name: str = "run") -> dict:
-    """Run (or continue) training; returns the last metrics row.
+def train(cfg: Config, run_dir: str, device=None, dtype=None, resume_from=None, distributed: bool = False,
+          use_wandb: bool = False, name: Optional[str] = None) -> dict:
+    """Run (or continue) training into ``run_dir``; returns the last metrics row. ``python -m bdh.train``
+    calls it; from Python::
+
+        from bdh.config import load_config
+        from bdh.train import train
+        cfg = load_config("tiny", ["training.max_iters=200"])           # a tier or a YAML path, overrides
+        train(cfg, "runs/mine")                                           # a fresh run
+        train(cfg, "runs/mine", resume_from="runs/mine/hatching_step_100.pt")  # continue it
+
+    device, dtype: torch.device / torch.dtype or their names; default the config's training.device and
+    training.dtype. resume_from: a checkpoint's path or its loaded dict (bdh.checkpoint.load_checkpoint);
+    its model must be the config's, and the config's training settings win (check_resume).
+    distributed: the process group is initialised (torchrun); rank 0 logs and saves. name: the wandb run
+    name (default: run_dir's name). Raises ConfigError, CheckpointError, or TrainingStopped (a stop after
+    too many non-finite steps, or Ctrl-C/SIGTERM, each with its checkpoint saved).
 
     On CPU, subnormal floats are flushed to zero on every thread while training
     (``bdh_kernels.cpu.flush_denormal``): the LIF backward scales the membrane gradient by (1 - 1/tau_mem)
     per token, so after ~126 silent tokens (tau_mem 2) it underflows into subnormals, and CPU matmuls on
     subnormal operands run up to 100x slower (measured: the tiny tier's step 0.97 s -> 0.6 s).
     """
+    master = not distributed or dist.get_rank() == 0
+    if isinstance(resume_from, (str, os.PathLike)):
+        resume_from = load_checkpoint(resume_from)
+    if resume_from is not None:
+        changed = check_resume(resume_from, cfg)
+        if changed and master:
+            print("resuming with settings that differ from the checkpoint's: " + "; ".join(changed))
+    device = resolve_device(device or cfg.training.device) if not isinstance(device, torch.device) else device
+    dtype = resolve_dtype(dtype or cfg.training.dtype, device) if not isinstance(dtype, torch.dtype) else dtype
+    check_backend(cfg, device)
+    if master:
+        os.makedirs(run_dir, exist_ok=True)
+        for stale in glob.glob(os.path.join(run_dir, ".hatching_*.pt.tmp.*")):
+            os.remove(stale)  # left by a process killed while writing a checkpoint
+    name = name or os.path.basename(os.path.abspath(run_dir))
     flush = device.type == "cpu" and flush_denormal(True)
     try:
-        with StopRequest(announce=not distributed or dist.get_rank() == 0) as stop:
+        with StopRequest(announce=master) as stop:
             return _train(cfg, run_dir, device, dtype, resume_from, distributed, use_wandb, name, stop)
     finally:
         if flush:
             flush_denormal(False)
+
+
+def check_resume(ckpt: dict, cfg: Config) -> list:
+    """The settings in which ``cfg`` differs from the checkpoint's config (``key: old -> new``). A different
+    model is a CheckpointError; a checkpoint at or past training.max_iters a ConfigError."""
+    changed = config_changes(Config.from_dict(ckpt["config"]).to_dict(), cfg.to_dict())
+    model = [c for c in changed if c.startswith("model.")]
+    if model:
+        raise CheckpointError("the checkpoint's model differs from the config (checkpoint -> config): "
+                              + "; ".join(model))
+    if ckpt["step"] >= cfg.training.max_iters:
+        raise ConfigError(f"the checkpoint is at step {ckpt['step']}, training.max_iters is "
+                          f"{cfg.training.max_iters}: nothing left to train (a larger --max-iters continues)")
+    return changed
+
+
+def check_backend(cfg: Config, device: torch.device) -> None:
+    """lif.backend, when set, must be able to run on ``device`` (a ConfigError saying why not)."""
+    why = cfg.lif.backend and bdh_backends.unavailable_reason(cfg.lif.backend, device)
+    if why:
+        raise ConfigError(f"lif.backend: {cfg.lif.backend!r} cannot run on {device}: {why}")
 
 
 def _train(cfg, run_dir, device, dtype, resume_from, distributed, use_wandb, name, stop):
@@ -831,22 +887,11 @@ def main(argv=None) -> int:
         elif args.resume:
             ckpt = load_checkpoint(args.resume)
         cfg = make_config(args, base=ckpt["config"] if ckpt and not args.config else None)
-        if ckpt is not None:
-            changed = config_changes(Config.from_dict(ckpt["config"]).to_dict(), cfg.to_dict())
-            model = [c for c in changed if c.startswith("model.")]
-            if model:
-                raise CheckpointError("the checkpoint's model differs from the config (checkpoint -> config): "
-                                      + "; ".join(model))
-            if changed and rank == 0:
-                print("resuming with settings that differ from the checkpoint's: " + "; ".join(changed))
-            if ckpt["step"] >= cfg.training.max_iters:
-                raise ConfigError(f"the checkpoint is at step {ckpt['step']}, training.max_iters is "
-                                  f"{cfg.training.max_iters}: nothing left to train (a larger --max-iters continues)")
         device = resolve_device(cfg.training.device)
         dtype = resolve_dtype(cfg.training.dtype, device)
-        why = cfg.lif.backend and bdh_backends.unavailable_reason(cfg.lif.backend, device)
-        if why:
-            raise ConfigError(f"lif.backend: {cfg.lif.backend!r} cannot run on {device}: {why}")
+        if args.dry_run and ckpt is not None:
+            check_resume(ckpt, cfg)
+        check_backend(cfg, device)
         world = dist.get_world_size() if distributed else 1
         if args.dry_run:
             per_rank = cfg.training.batch_size // world
@@ -861,12 +906,6 @@ def main(argv=None) -> int:
                 for i, s in enumerate(cfg.stages()):
                     print(f"stage {i + 1} {s.name}: steps {s.first}-{s.last} {s.weights}")
             return 0
-        if rank == 0:
-            os.makedirs(run_dir, exist_ok=True)
-            for stale in glob.glob(os.path.join(run_dir, ".hatching_*.pt.tmp.*")):
-                os.remove(stale)  # left by a process killed while writing a checkpoint
-        if distributed:
-            dist.barrier()
         train(cfg, run_dir, device, dtype, resume_from=ckpt, distributed=distributed, use_wandb=args.wandb, name=name)
         return 0
     except (ConfigError, CheckpointError, TrainingStopped, OSError) as e:  # OSError: unwritable --log-dir, full disk

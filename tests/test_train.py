@@ -335,6 +335,23 @@ def test_resume_refuses_a_config_with_another_model(tmp_path, capsys):
         in capsys.readouterr().err
 
 
+def test_train_from_python_runs_and_resumes_from_a_path(tmp_path):
+    """The Python form of the CLI: train(cfg, run_dir), then train(..., resume_from=path) continues."""
+    cfg = load_config("tiny", [*MICRO, "training.max_iters=2"])
+    run = tmp_path / "py"
+    assert train_module.train(cfg, str(run))["step"] == 2
+    longer = load_config("tiny", [*MICRO, "training.max_iters=3"])
+    assert train_module.train(longer, str(run), resume_from=str(run / "hatching_final.pt"))["step"] == 3
+    assert [r["step"] for r in rows(run / "metrics.jsonl")] == [1, 2, 3]
+    with pytest.raises(CheckpointError, match="model.n_layer: 2 -> 3"):
+        train_module.train(load_config("tiny", [*MICRO, "model.n_layer=3", "training.max_iters=9"]), str(run),
+                           resume_from=str(run / "hatching_final.pt"))
+    with pytest.raises(ConfigError, match="nothing left to train"):
+        train_module.train(longer, str(run), resume_from=str(run / "hatching_final.pt"))
+    with pytest.raises(ConfigError, match="training.dtype: 'float16'"):
+        train_module.train(cfg, str(tmp_path / "other"), dtype="float16")
+
+
 def test_resume_from_a_path_continues_in_that_runs_folder(tmp_path):
     assert main(run_args(tmp_path, iters=2, name="first")) == 0
     ckpt = tmp_path / "first" / "hatching_final.pt"
