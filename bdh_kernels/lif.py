@@ -39,6 +39,7 @@ from typing import NamedTuple, Optional
 import torch
 
 from . import backends, reference
+from .checks import check_bool, check_number
 from .surrogate import resolve as resolve_surrogate
 
 CHECKPOINT_EVERY = 32
@@ -131,32 +132,15 @@ _ops = backends.CustomOps("lif", "lif", register_lif_ops)
 
 
 # ------------------------------------------------------------------------------------ argument checks
-def _check_number(name, value, *, low=None, low_inclusive=False, optional=False):
-    if value is None and optional:
-        return None
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):  # numbers.Real: numpy scalars too
-        raise TypeError(f"{name} must be a float{' or None' if optional else ''}, got {type(value).__name__}")
-    if not math.isfinite(value):
-        raise ValueError(f"{name} must be finite, got {value}")
-    if low is not None and (value < low or (value == low and not low_inclusive)):
-        raise ValueError(f"{name} must be {'>=' if low_inclusive else '>'} {low}, got {value}")
-    return float(value)
-
-
-def _check_bool(name, value):
-    if not isinstance(value, bool):
-        raise TypeError(f"{name} must be a bool, got {type(value).__name__}")
-
-
 def check_neuron(tau_mem, v_threshold, v_reset, decay_input, tau_syn, surrogate, alpha, detach_reset, output):
     """The neuron's parameters of :func:`lif`, checked: ``(tau_mem, v_threshold, v_reset, tau_syn,
     surrogate code, alpha, gated)`` as floats, the surrogate's code and default alpha resolved."""
-    _check_bool("decay_input", decay_input)
-    _check_bool("detach_reset", detach_reset)
-    tau_mem = _check_number("tau_mem", tau_mem, low=1.0 if decay_input else 0.0)
-    v_threshold = _check_number("v_threshold", v_threshold)
-    v_reset = _check_number("v_reset", v_reset, optional=True)
-    tau_syn = _check_number("tau_syn", tau_syn, low=1.0, low_inclusive=True, optional=True)
+    check_bool("decay_input", decay_input)
+    check_bool("detach_reset", detach_reset)
+    tau_mem = check_number("tau_mem", tau_mem, low=1.0 if decay_input else 0.0)
+    v_threshold = check_number("v_threshold", v_threshold)
+    v_reset = check_number("v_reset", v_reset, optional=True)
+    tau_syn = check_number("tau_syn", tau_syn, low=1.0, low_inclusive=True, optional=True)
     code, alpha = resolve_surrogate(surrogate, alpha)
     if output not in ("spike", "gated"):
         raise ValueError(f'output must be "spike" or "gated", got {output!r}')
@@ -284,7 +268,7 @@ def lif(
     if x.dim() == 0:
         raise ValueError("x must have a time dim, got a 0-dim tensor")
     time_dim = _check_time_dim(time_dim, x, "x")
-    _check_bool("return_state", return_state)
+    check_bool("return_state", return_state)
     tau_mem, v_threshold, v_reset, tau_syn, code, alpha, gated = check_neuron(
         tau_mem, v_threshold, v_reset, decay_input, tau_syn, surrogate, alpha, detach_reset, output)
     _check_state("v_init", v_init, x, time_dim)

@@ -6,7 +6,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import backends
-from .lif import _check_bool, _check_number, check_neuron, lif
+from .checks import check_bool, check_number, check_step_mode, check_weight_bounds
+from .lif import check_neuron, lif
 from .stdp import STDPState, _check_tau, _spike_driven, _weight_change, stdp_traces, stdp_update
 
 
@@ -43,9 +44,8 @@ class LIF(nn.Module):
                  step_mode: str = "m", time_dim: int = 0, stateful: bool = False,
                  backend: Optional[str] = None):
         super().__init__()
-        if step_mode not in ("m", "s"):
-            raise ValueError(f'step_mode must be "m" (multi-step) or "s" (single-step), got {step_mode!r}')
-        _check_bool("stateful", stateful)
+        check_step_mode(step_mode)
+        check_bool("stateful", stateful)
         # checked now rather than at the first forward
         check_neuron(tau_mem, v_threshold, v_reset, decay_input, tau_syn, surrogate, alpha, detach_reset, output)
         self.params = dict(tau_mem=tau_mem, v_threshold=v_threshold, v_reset=v_reset,
@@ -133,19 +133,15 @@ class STDPLearner(nn.Module):
                             "for other synapses call bdh_kernels.stdp_update on their pre and post spikes")
         if not isinstance(lif, nn.Module):
             raise TypeError(f"lif must be the nn.Module that emits the post-synaptic spikes, got {type(lif).__name__}")
-        if step_mode not in ("m", "s"):
-            raise ValueError(f'step_mode must be "m" (multi-step) or "s" (single-step), got {step_mode!r}')
+        check_step_mode(step_mode)
         if (w_min is None) != (w_max is None):
             raise ValueError("soft bounds need both w_min and w_max (or neither)")
         # validate the parameters now rather than at the first compute
         _check_tau("tau_pre", tau_pre)
         _check_tau("tau_post", tau_post)
-        self.params = dict(tau_pre=tau_pre, tau_post=tau_post, a_plus=_check_number("a_plus", a_plus),
-                           a_minus=_check_number("a_minus", a_minus), backend=backend)
-        self.w_min = _check_number("w_min", w_min, optional=True)
-        self.w_max = _check_number("w_max", w_max, optional=True)
-        if self.w_min is not None and not self.w_min < self.w_max:
-            raise ValueError(f"w_min must be < w_max, got w_min={w_min}, w_max={w_max}")
+        self.params = dict(tau_pre=tau_pre, tau_post=tau_post, a_plus=check_number("a_plus", a_plus),
+                           a_minus=check_number("a_minus", a_minus), backend=backend)
+        self.w_min, self.w_max = (None, None) if w_min is None else check_weight_bounds(w_min, w_max)
         self.time_dim, self.step_mode = time_dim, step_mode
         object.__setattr__(self, "synapse", linear)  # not a submodule: see the class docstring
         object.__setattr__(self, "neuron", lif)
@@ -224,7 +220,7 @@ class STDPLearner(nn.Module):
     def apply_delta(self, lr: float = 1.0) -> Optional[torch.Tensor]:
         """Add ``lr * delta_w`` to the weight in place (``delta_w``: what :meth:`compute` accumulated, plus
         anything still recorded), then clear ``delta_w``. Returns the ``delta_w`` applied (before ``lr``)."""
-        lr = _check_number("lr", lr)
+        lr = check_number("lr", lr)
         self.compute()
         dw, self.delta_w = self.delta_w, None
         if dw is not None:

@@ -40,7 +40,8 @@ from typing import NamedTuple, Optional
 import torch
 
 from . import backends, reference
-from .lif import FLOAT_DTYPES, _as_ptq, _check_number, _check_time_dim, _from_ptq, state_dtype
+from .checks import check_number, check_weight_bounds
+from .lif import FLOAT_DTYPES, _as_ptq, _check_time_dim, _from_ptq, state_dtype
 
 TRACE_FORWARD_SCHEMA = "(Tensor spikes, Tensor? trace_init, float tau) -> (Tensor, Tensor)"
 TRACE_BACKWARD_SCHEMA = "(Tensor grad_traces, Tensor? grad_final, float tau) -> (Tensor, Tensor)"
@@ -121,7 +122,7 @@ def _check_trace_state(name, state, x, time_dim, xname):
 
 
 def _check_tau(name, tau):
-    return _check_number(name, tau, low=1.0, low_inclusive=True)
+    return check_number(name, tau, low=1.0, low_inclusive=True)
 
 
 # ------------------------------------------------------------------------------------------ the scan
@@ -263,8 +264,8 @@ def stdp_update(
     time_dim = _check_time_dim(time_dim, pre, "pre", exclude_last=True)
     tau_pre = _check_tau("tau_pre", tau_pre)
     tau_post = _check_tau("tau_post", tau_post)
-    a_plus = _check_number("a_plus", a_plus)
-    a_minus = _check_number("a_minus", a_minus)
+    a_plus = check_number("a_plus", a_plus)
+    a_minus = check_number("a_minus", a_minus)
     n_in, n_out = pre.shape[-1], post.shape[-1]
     bounded, w_min, w_max = _check_bounds(weight, w_min, w_max, pre, n_out, n_in)
     init_pre = init_post = None
@@ -348,11 +349,7 @@ def _check_bounds(weight, w_min, w_max, pre, n_out, n_in):
                          f"{tuple(weight.shape)}")
     if weight.device != pre.device:
         raise ValueError(f"weight is on {weight.device} but pre is on {pre.device}")
-    w_min = _check_number("w_min", w_min)
-    w_max = _check_number("w_max", w_max)
-    if not w_min < w_max:
-        raise ValueError(f"w_min must be < w_max, got w_min={w_min}, w_max={w_max}")
-    return True, w_min, w_max
+    return (True, *check_weight_bounds(w_min, w_max))
 
 
 def _spike_matmul_fake(out, spikes, dense, alpha, transposed, accumulate):

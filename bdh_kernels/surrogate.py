@@ -18,10 +18,11 @@ erf                    alpha / sqrt(pi) * exp(-(alpha * z)^2)                   
 The integer codes are the ones the C++, CUDA and Triton kernels switch on.
 """
 import math
-import numbers
 from typing import NamedTuple, Optional
 
 import torch
+
+from .checks import check_number
 
 
 class Surrogate(NamedTuple):
@@ -45,11 +46,7 @@ def resolve(name: str, alpha: Optional[float]):
     spec = SURROGATES[name]
     if alpha is None:
         return spec.code, spec.default_alpha
-    if isinstance(alpha, bool) or not isinstance(alpha, numbers.Real):  # numbers.Real: numpy scalars too
-        raise TypeError(f"alpha must be a float or None, got {type(alpha).__name__}")
-    if not math.isfinite(alpha) or alpha <= 0:
-        raise ValueError(f"alpha must be finite and > 0, got {alpha}")
-    return spec.code, float(alpha)
+    return spec.code, check_number("alpha", alpha, low=0.0)
 
 
 def surrogate_grad(z: torch.Tensor, code: int, alpha: float) -> torch.Tensor:
