@@ -162,7 +162,8 @@ def _check_time_dim(time_dim, x, name, exclude_last=False):
     return time_dim
 
 
-def _check_state(name, state, x, time_dim):
+def _check_state(name, state, x, time_dim, xname="x"):
+    """A carried state (v_init, a trace): None, or a float tensor shaped like ``x`` without its time dim."""
     if state is None:
         return
     if not isinstance(state, torch.Tensor):
@@ -171,10 +172,10 @@ def _check_state(name, state, x, time_dim):
         raise TypeError(f"{name} must be a floating-point tensor, got {state.dtype}")
     expected = x.shape[:time_dim] + x.shape[time_dim + 1:]
     if state.shape != expected:
-        raise ValueError(f"{name} must have the shape of x without its time dim, {tuple(expected)}, "
+        raise ValueError(f"{name} must have the shape of {xname} without its time dim, {tuple(expected)}, "
                          f"got {tuple(state.shape)}")
     if state.device != x.device:
-        raise ValueError(f"{name} is on {state.device} but x is on {x.device}")
+        raise ValueError(f"{name} is on {state.device} but {xname} is on {x.device}")
 
 
 # ------------------------------------------------------------------------------------------ layouts

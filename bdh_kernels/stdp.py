@@ -41,7 +41,7 @@ import torch
 
 from . import backends, reference
 from .checks import check_number, check_weight_bounds
-from .lif import FLOAT_DTYPES, _as_ptq, _check_time_dim, _from_ptq, state_dtype
+from .lif import FLOAT_DTYPES, _as_ptq, _check_state, _check_time_dim, _from_ptq, state_dtype
 
 TRACE_FORWARD_SCHEMA = "(Tensor spikes, Tensor? trace_init, float tau) -> (Tensor, Tensor)"
 TRACE_BACKWARD_SCHEMA = "(Tensor grad_traces, Tensor? grad_final, float tau) -> (Tensor, Tensor)"
@@ -104,21 +104,6 @@ def _check_spikes(name, x, min_dim=1):
     if x.dim() < min_dim:
         raise ValueError(f"{name} must have at least {min_dim} dim{'s' if min_dim > 1 else ''} "
                          f"(time{', ..., features' if min_dim > 1 else ''}), got {x.dim()}")
-
-
-def _check_trace_state(name, state, x, time_dim, xname):
-    if state is None:
-        return
-    if not isinstance(state, torch.Tensor):
-        raise TypeError(f"{name} must be a tensor or None, got {type(state).__name__}")
-    if state.dtype not in FLOAT_DTYPES:
-        raise TypeError(f"{name} must be a floating-point tensor, got {state.dtype}")
-    expected = x.shape[:time_dim] + x.shape[time_dim + 1:]
-    if state.shape != expected:
-        raise ValueError(f"{name} must have the shape of {xname} without its time dim, {tuple(expected)}, "
-                         f"got {tuple(state.shape)}")
-    if state.device != x.device:
-        raise ValueError(f"{name} is on {state.device} but {xname} is on {x.device}")
 
 
 def _check_tau(name, tau):
@@ -185,7 +170,7 @@ def stdp_traces(
     _check_spikes("spikes", spikes)
     time_dim = _check_time_dim(time_dim, spikes, "spikes")
     tau = _check_tau("tau", tau)
-    _check_trace_state("trace_init", trace_init, spikes, time_dim, "spikes")
+    _check_state("trace_init", trace_init, spikes, time_dim, "spikes")
     if not isinstance(return_state, bool):
         raise TypeError(f"return_state must be a bool, got {type(return_state).__name__}")
     choice = backends.select("stdp_traces", spikes.device, backend)
@@ -274,8 +259,8 @@ def stdp_update(
             raise TypeError(f"state must be the STDPState (pre, post) of a previous call or None, got "
                             f"{type(state).__name__}")
         init_pre, init_post = state
-        _check_trace_state("state.pre", init_pre, pre, time_dim, "pre")
-        _check_trace_state("state.post", init_post, post, time_dim, "post")
+        _check_state("state.pre", init_pre, pre, time_dim, "pre")
+        _check_state("state.post", init_post, post, time_dim, "post")
 
     choice = backends.select("stdp_update", pre.device, backend)
     trace_pre, final_pre = _traces(pre, tau_pre, time_dim, init_pre, choice)

@@ -177,4 +177,33 @@ inline ForwardOutputs allocate_forward(const at::Tensor& x, bool syn, EmptyFn em
           at::empty({C, M}, so), at::empty({syn ? C : 0, syn ? M : 0}, so)};
 }
 
+// The backward's inputs beside x: grad_out shaped like x, the final-state gradients, the forward's checkpoints.
+inline void check_backward_inputs(const at::Tensor& grad_out, const std::optional<at::Tensor>& grad_v,
+                                  const std::optional<at::Tensor>& grad_i, const at::Tensor& x,
+                                  const at::Tensor& v_ckpt, const at::Tensor& i_ckpt, bool syn) {
+  TORCH_CHECK(grad_out.sizes() == x.sizes() && grad_out.scalar_type() == x.scalar_type(),
+              "grad_out must match x in shape and dtype");
+  TORCH_CHECK(grad_out.device() == x.device(), "grad_out must be on x's device");
+  const int64_t M = x.size(0) * x.size(2);
+  check_state(grad_v, x, M, "grad_v");
+  check_state(grad_i, x, M, "grad_i");
+  TORCH_CHECK(v_ckpt.sizes() == at::IntArrayRef({num_checkpoints(x.size(1)), M}) && v_ckpt.is_contiguous(),
+              "v_ckpt must be the forward's checkpoints");
+  TORCH_CHECK(!syn || (i_ckpt.sizes() == v_ckpt.sizes() && i_ckpt.is_contiguous()),
+              "i_ckpt must be the forward's checkpoints");
+  TORCH_CHECK(v_ckpt.device() == x.device() && (!syn || i_ckpt.device() == x.device()),
+              "the checkpoints must be on x's device");
+}
+
+struct BackwardOutputs {
+  at::Tensor grad_x, grad_v_init, grad_i_init;
+  std::tuple<at::Tensor, at::Tensor, at::Tensor> tuple() const { return {grad_x, grad_v_init, grad_i_init}; }
+};
+
+inline BackwardOutputs allocate_backward(const at::Tensor& x, bool syn, EmptyFn empty_steps = plain_empty) {
+  const int64_t M = x.size(0) * x.size(2);
+  auto so = x.options().dtype(state_type(x.scalar_type()));
+  return {empty_steps(x.sizes(), x.options()), at::empty({M}, so), at::empty({syn ? M : 0}, so)};
+}
+
 }  // namespace bdh

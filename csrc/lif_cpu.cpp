@@ -92,33 +92,24 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> lif_backward_cpu(
     std::optional<double> v_reset, bool decay_input, std::optional<double> tau_syn, bool gated,
     int64_t surrogate, double alpha, bool detach_reset) {
   check_x(x);
-  TORCH_CHECK(grad_out.sizes() == x.sizes() && grad_out.scalar_type() == x.scalar_type(),
-              "grad_out must match x in shape and dtype");
-  const int64_t P = x.size(0), T_ = x.size(1), Q = x.size(2), M = P * Q;
+  const int64_t P = x.size(0), Q = x.size(2), M = P * Q;
   const bool syn = tau_syn.has_value();
-  check_state(grad_v, x, M, "grad_v");
-  check_state(grad_i, x, M, "grad_i");
-  TORCH_CHECK(v_ckpt.sizes() == at::IntArrayRef({num_checkpoints(T_), M}) && v_ckpt.is_contiguous(),
-              "v_ckpt must be the forward's checkpoints");
-  TORCH_CHECK(!syn || (i_ckpt.sizes() == v_ckpt.sizes() && i_ckpt.is_contiguous()),
-              "i_ckpt must be the forward's checkpoints");
-  auto so = x.options().dtype(state_type(x.scalar_type()));
-  at::Tensor grad_x = empty_output({P, T_, Q}, x.options());
-  at::Tensor grad_v_init = at::empty({M}, so), grad_i_init = at::empty({syn ? M : 0}, so);
-  if (M == 0) return {grad_x, grad_v_init, grad_i_init};
+  check_backward_inputs(grad_out, grad_v, grad_i, x, v_ckpt, i_ckpt, syn);
+  BackwardOutputs o = allocate_backward(x, syn, empty_output);
+  if (M == 0) return o.tuple();
   const bool unit = (x.stride(2) == 1 && grad_out.stride(2) == 1) || Q == 1;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "lif_backward_cpu", [&] {
     using T = at::opmath_type<scalar_t>;
     const auto p = make_step<T>(tau_mem, v_threshold, v_reset, decay_input, tau_syn, gated, alpha, detach_reset);
     const auto run = unit ? backward_for<scalar_t, T, true>(surrogate) : backward_for<scalar_t, T, false>(surrogate);
     const T* i_ck = syn ? i_ckpt.const_data_ptr<T>() : nullptr;
-    T* gi0 = syn ? grad_i_init.mutable_data_ptr<T>() : nullptr;
+    T* gi0 = syn ? o.grad_i_init.mutable_data_ptr<T>() : nullptr;
     for_each_window(P, Q, [&](const Window& w) {
       run(w, grad_out, x, p, optional_ptr<T>(grad_v), optional_ptr<T>(grad_i), v_ckpt.const_data_ptr<T>(),
-          i_ck, grad_x.mutable_data_ptr<scalar_t>(), grad_v_init.mutable_data_ptr<T>(), gi0);
+          i_ck, o.grad_x.mutable_data_ptr<scalar_t>(), o.grad_v_init.mutable_data_ptr<T>(), gi0);
     }, window_width(P, Q, kMaxLifBlock));
   });
-  return {grad_x, grad_v_init, grad_i_init};
+  return o.tuple();
 }
 
 }  // namespace

@@ -315,24 +315,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> lif_backward_cuda(
     int64_t surrogate, double alpha, bool detach_reset) {
   check_x(x);
   check_cuda_input(x);
-  TORCH_CHECK(grad_out.sizes() == x.sizes() && grad_out.scalar_type() == x.scalar_type(),
-              "grad_out must match x in shape and dtype");
-  TORCH_CHECK(grad_out.device() == x.device(), "grad_out must be on x's device");
-  const int64_t P = x.size(0), T_ = x.size(1), Q = x.size(2), M = P * Q;
+  const int64_t M = x.size(0) * x.size(2);
   const bool syn = tau_syn.has_value();
-  check_state(grad_v, x, M, "grad_v");
-  check_state(grad_i, x, M, "grad_i");
-  TORCH_CHECK(v_ckpt.sizes() == at::IntArrayRef({num_checkpoints(T_), M}) && v_ckpt.is_contiguous(),
-              "v_ckpt must be the forward's checkpoints");
-  TORCH_CHECK(!syn || (i_ckpt.sizes() == v_ckpt.sizes() && i_ckpt.is_contiguous()),
-              "i_ckpt must be the forward's checkpoints");
-  TORCH_CHECK(v_ckpt.device() == x.device() && (!syn || i_ckpt.device() == x.device()),
-              "the checkpoints must be on x's device");
+  check_backward_inputs(grad_out, grad_v, grad_i, x, v_ckpt, i_ckpt, syn);
   const c10::cuda::CUDAGuard guard(x.device());
-  auto so = x.options().dtype(state_type(x.scalar_type()));
-  at::Tensor grad_x = at::empty({P, T_, Q}, x.options());
-  at::Tensor grad_v_init = at::empty({M}, so), grad_i_init = at::empty({syn ? M : 0}, so);
-  if (M == 0) return {grad_x, grad_v_init, grad_i_init};
+  BackwardOutputs o = allocate_backward(x, syn);
+  if (M == 0) return o.tuple();
   const Launch l = launch_for(M, x.device());
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream(x.device().index()).stream();
   BDH_DISPATCH_CUDA_TYPES(x.scalar_type(), "lif_backward_cuda", [&] {
@@ -349,14 +337,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> lif_backward_cuda(
     a.x = x.const_data_ptr<scalar_t>();
     a.v_ckpt = v_ckpt.const_data_ptr<T>();
     a.i_ckpt = syn ? i_ckpt.const_data_ptr<T>() : nullptr;
-    a.grad_x = grad_x.mutable_data_ptr<scalar_t>();
-    a.grad_v_init = grad_v_init.mutable_data_ptr<T>();
-    a.grad_i_init = syn ? grad_i_init.mutable_data_ptr<T>() : nullptr;
+    a.grad_x = o.grad_x.mutable_data_ptr<scalar_t>();
+    a.grad_v_init = o.grad_v_init.mutable_data_ptr<T>();
+    a.grad_i_init = syn ? o.grad_i_init.mutable_data_ptr<T>() : nullptr;
     const auto kernel = backward_kernel_for<scalar_t, T>(surrogate);
     kernel<<<l.grid, l.block, 0, stream>>>(a);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
-  return {grad_x, grad_v_init, grad_i_init};
+  return o.tuple();
 }
 
 }  // namespace
