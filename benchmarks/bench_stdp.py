@@ -40,6 +40,7 @@ import bdh_kernels.stdp as stdp_module
 from bdh_kernels import backends as bdh_backends
 from bdh_kernels import reference
 from goals import load_cases, print_goals, verdict
+from memory import peak_cpu_bytes, peak_gpu_bytes
 from report import report_main
 
 INSTALL = "pip install --no-deps -r requirements-peers.txt"
@@ -145,41 +146,6 @@ def _make(lib, pre, post):
 
 
 # -------------------------------------------------------------------------------------- measurement
-def peak_cpu_bytes(fn):
-    """Peak bytes of tensor memory allocated during ``fn()``, from the profiler's CPU memory records."""
-    from torch._C._profiler import _EventType
-    from torch.profiler import ProfilerActivity, profile
-
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-        out = fn()
-        del out
-    events = []
-
-    def walk(node):
-        if node.tag == _EventType.Allocation:
-            events.append((node.start_time_ns, node.extra_fields.alloc_size))
-        for child in node.children:
-            walk(child)
-
-    for root in prof.profiler.kineto_results.experimental_event_tree():
-        walk(root)
-    current = peak = 0
-    for _, size in sorted(events):
-        current += size
-        peak = max(peak, current)
-    return peak
-
-
-def peak_gpu_bytes(fn):
-    torch.cuda.synchronize()
-    start = torch.cuda.memory_allocated()
-    torch.cuda.reset_peak_memory_stats()
-    out = fn()
-    torch.cuda.synchronize()
-    del out
-    return torch.cuda.max_memory_allocated() - start
-
-
 def _bench(benchmark, full, device, lib):
     shape = shape_for(full, device)
     pre, post = make_spikes(shape, device)

@@ -1,7 +1,9 @@
 """The public STDP API: argument checks, gradcheck, parity with SpikingJelly's per-step rule, chunked
 state, graded spikes, the exp(-dt/tau) mapping, peak memory (no per-step outer product), torch.compile."""
 import importlib
+import importlib.util
 import math
+import os
 
 import pytest
 import torch
@@ -9,6 +11,7 @@ import torch
 import bdh_kernels
 from bdh_kernels import backends, reference
 
+HERE = os.path.dirname(os.path.abspath(__file__))
 stdp_module = importlib.import_module("bdh_kernels.stdp")
 HAS_CPP = backends.extension_error() is None
 needs_cpp = pytest.mark.skipif(not HAS_CPP, reason=f"cpp backend: {backends.extension_error()}")
@@ -365,31 +368,11 @@ def test_potentiation_and_depression_signs():
 
 
 # ------------------------------------------------------------------------------------------- memory
-def peak_allocated_bytes(fn):
-    """Peak bytes held by tensors allocated inside ``fn()`` (beyond what existed before), from the torch
-    profiler's CPU memory records (each allocation and free with the allocator's running total)."""
-    from torch._C._profiler import _EventType
-    from torch.profiler import ProfilerActivity, profile
-
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-        out = fn()
-        del out
-    events = []
-
-    def walk(node):
-        if node.tag == _EventType.Allocation:
-            events.append((node.start_time_ns, node.extra_fields.alloc_size))
-        for child in node.children:
-            walk(child)
-
-    for root in prof.profiler.kineto_results.experimental_event_tree():
-        walk(root)
-    assert events, "the profiler recorded no CPU allocations"
-    current = peak = 0
-    for _, size in sorted(events):
-        current += size
-        peak = max(peak, current)
-    return peak
+# the measure the STDP benchmarks report
+_spec = importlib.util.spec_from_file_location("bench_memory", os.path.join(HERE, "..", "benchmarks", "memory.py"))
+bench_memory = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(bench_memory)
+peak_allocated_bytes = bench_memory.peak_cpu_bytes
 
 
 def test_memory_measure_sees_a_per_step_outer_product():
