@@ -300,3 +300,20 @@ def test_triton_lif_does_not_recompile_when_t_changes():
     for t in (1, 32, 33, 128, 1000):
         run(t)
     assert compiled_kernels(kernels._lif_forward_kernel, kernels._lif_backward_kernel) == before
+
+
+def test_triton_register_cap_gives_the_same_results(monkeypatch):
+    """BDH_KERNELS_TRITON_MAXNREG caps the kernels' registers (a tuning knob: spills for occupancy); the
+    results stay bit-identical, and a value outside [24, 255] is an error naming the variable."""
+    name = "triton"
+    if name not in bdh_kernels.available_backends(BACKEND_DEVICE[name]):
+        pytest.skip("triton cannot run here")
+    x = make_input((CHECKPOINT_EVERY + 5, 3, 7), device=BACKEND_DEVICE[name])
+    expected = run(name, x, output="gated")
+    monkeypatch.setenv("BDH_KERNELS_TRITON_MAXNREG", "80")
+    capped = run(name, x, output="gated")
+    assert torch.equal(capped[0], expected[0]) and torch.equal(capped[2]["x"], expected[2]["x"])
+    for bad in ("7", "256", "many"):
+        monkeypatch.setenv("BDH_KERNELS_TRITON_MAXNREG", bad)
+        with pytest.raises(ValueError, match="BDH_KERNELS_TRITON_MAXNREG must be an integer in"):
+            bdh_kernels.lif(x, backend=name)

@@ -43,6 +43,7 @@ of twice), so spikes and states are bit-identical to the reference, and the back
 membranes are bit-identical to the forward's, so both passes agree on every spike.
 """
 import functools
+import os
 import struct
 from contextlib import nullcontext
 
@@ -359,6 +360,22 @@ def _sm_count(device: torch.device) -> int:
     return torch.cuda.get_device_properties(device).multi_processor_count
 
 
+MAXNREG_ENV = "BDH_KERNELS_TRITON_MAXNREG"
+
+
+def _register_cap() -> dict:
+    """``{"maxnreg": R}`` when ``BDH_KERNELS_TRITON_MAXNREG=R`` caps the registers per thread of the LIF
+    kernels (ptxas spills beyond it), else ``{}``: Triton's own choice. A tuning knob: the backward holds a
+    segment's membranes and output gradients in registers (118 per thread for sm_90 in bf16, 255 with
+    gated output), which leaves 16 (8) warps per SM to hide memory latency; a cap trades spills for warps."""
+    value = os.environ.get(MAXNREG_ENV, "")
+    if not value:
+        return {}
+    if not value.isdigit() or not 24 <= int(value) <= 255:
+        raise ValueError(f"{MAXNREG_ENV} must be an integer in [24, 255] (registers per thread), got {value!r}")
+    return {"maxnreg": int(value)}
+
+
 def _launch_config(num_neurons: int, device: torch.device):
     """``(BLOCK_N, num_warps)`` for ``num_neurons`` neurons.
 
@@ -444,7 +461,7 @@ def lif_forward(x, v_init, i_init, tau_mem, v_threshold, v_reset, decay_input, t
             _f32(k), _f32(a_syn), _f32(v_rest), _f32(v_threshold), _f32(v_reset if v_reset is not None else 0.0),
             HAS_V_INIT=v_init is not None, HAS_I_INIT=i_init is not None, SYN=syn, DECAY_INPUT=decay_input,
             HARD_RESET=v_reset is not None, GATED=gated, CKPT=CHECKPOINT_EVERY, BLOCK_N=block, FLAT=P == 1,
-            num_warps=num_warps, enable_fp_fusion=False,
+            num_warps=num_warps, enable_fp_fusion=False, **_register_cap(),
         )
     return out, v_final, i_final, v_ckpt, i_ckpt
 
@@ -492,6 +509,6 @@ def lif_backward(grad_out, grad_v, grad_i, x, v_ckpt, i_ckpt, tau_mem, v_thresho
             HAS_GRAD_V=grad_v is not None, HAS_GRAD_I=grad_i is not None, SYN=syn, DECAY_INPUT=decay_input,
             HARD_RESET=v_reset is not None, GATED=gated, DETACH_RESET=detach_reset, SURROGATE=surrogate,
             CKPT=CHECKPOINT_EVERY, BLOCK_N=block, FLAT=P == 1,
-            num_warps=num_warps, enable_fp_fusion=False,
+            num_warps=num_warps, enable_fp_fusion=False, **_register_cap(),
         )
     return grad_x, grad_v_init, grad_i_init
