@@ -15,16 +15,19 @@
 #   python benchmarks/report.py DIR/lif_gpu.json; python benchmarks/bench_stdp.py DIR/stdp_gpu.json
 #   python benchmarks/bench_model.py DIR/model_gpu.json
 #
-# Usage: bash benchmarks/gpu_suite.sh [--goals] [DIR]      (default DIR: gpu-results)
+# Usage: bash benchmarks/gpu_suite.sh [--goals|--tune] [DIR]     (default DIR: gpu-results)
 #   --goals: only what the goals need, the shortest run that checks them (no CUDA build): the Triton
 #   no-recompile tests, LIF fwd+bwd at the goal shapes [128|256, 32, 131072] for the floor, bdh_triton and
 #   SpikingJelly in fp32 and bf16, the model tiers with their goal lines, and where the fixed cost of a
 #   small bdh_triton call goes (benchmarks/profile_lif.py).
+#   --tune: the triton LIF fwd+bwd in bf16 at [128, 32, 131072], spike and gated output, under each register
+#   cap BDH_KERNELS_TRITON_MAXNREG in TUNE_MAXNREG (default: none, 128, 96, 80), to choose the kernels' default.
 #   PYTHON (default python3), DEADLINE, BENCH_MAX_TIME (pytest-benchmark's --benchmark-max-time, default 0.3 s)
 set -uo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
-goals=0
+goals=0 tune=0
 if [[ "${1:-}" == "--goals" ]]; then goals=1; shift; fi
+if [[ "${1:-}" == "--tune" ]]; then tune=1; shift; fi
 out="${1:-gpu-results}"
 mkdir -p "$out"
 PYTHON="${PYTHON:-python3}"
@@ -69,6 +72,19 @@ xdist=()
 "$PYTHON" -c "import xdist" 2>/dev/null && xdist=(-n 8)
 bench=("$PYTHON" -m pytest --benchmark --benchmark-max-time="$BENCH_MAX_TIME" --benchmark-min-rounds=3 -q
        -p no:cacheprovider)
+
+if ((tune)); then
+  for output in spike gated; do
+    for cap in ${TUNE_MAXNREG:-none 128 96 80}; do
+      [[ "$cap" == none ]] && cap=""
+      run "tune_${output}_maxnreg${cap:-none}" 150 env BDH_KERNELS_TRITON_MAXNREG="$cap" "$PYTHON" benchmarks/profile_lif.py \
+        --backend triton --shape 128,32,131072 --dtype bfloat16 --device cuda --output "$output" --calls 10 --rows 4
+    done
+  done
+  grep "ms per call" "$out"/tune_*.log
+  log "done"
+  exit 0
+fi
 
 if ((goals)); then
   run tests_recompile 240 "$PYTHON" -m pytest "${tests[@]}" -k "triton and recompile" -q -rs

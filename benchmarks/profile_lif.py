@@ -40,6 +40,7 @@ def parse_args(argv=None):
     ap.add_argument("--shape", type=_shape, default=(128, 32, 4096), help="[T, ...] sizes, time first")
     ap.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16", "float64"))
     ap.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
+    ap.add_argument("--output", default="spike", choices=("spike", "gated"), help="the op's output (default: spike)")
     ap.add_argument("--calls", type=_positive, default=20, help="calls timed, and calls profiled (default 20)")
     ap.add_argument("--rows", type=_positive, default=15, help="rows of each profiler table (default 15)")
     return ap.parse_args(argv)
@@ -57,7 +58,7 @@ def main(argv=None):
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
 
     def call():
-        out = bdh_kernels.lif(x, backend=args.backend)
+        out = bdh_kernels.lif(x, backend=args.backend, output=args.output)
         torch.autograd.grad(out, x, grad_out)
         sync()
 
@@ -73,7 +74,7 @@ def main(argv=None):
         for _ in range(args.calls):
             call()
     table = prof.key_averages()
-    print(f"lif fwd+bwd {args.dtype} {list(args.shape)} on {device}, backend {args.backend or 'auto'}: "
+    print(f"lif fwd+bwd {args.dtype} {list(args.shape)} {args.output} on {device}, backend {args.backend or 'auto'}: "
           f"{per_call * 1e3:.3f} ms per call (wall, {args.calls} calls, without the profiler)")
     print(table.table(sort_by="self_cpu_time_total", row_limit=args.rows))
     if device.type == "cuda":

@@ -14,7 +14,7 @@ def test_profiles_the_op_and_reports_the_time_per_call(capsys):
     per_call = profile_lif.main(["--backend", "reference", "--shape", "40,2,8", "--calls", "2", "--rows", "50"])
     out = capsys.readouterr().out
     assert per_call > 0
-    assert "lif fwd+bwd float32 [40, 2, 8] on cpu, backend reference:" in out
+    assert "lif fwd+bwd float32 [40, 2, 8] spike on cpu, backend reference:" in out
     assert "ms per call" in out
     assert "Self CPU" in out  # the profiler's table
 
@@ -25,6 +25,7 @@ def test_profiles_the_op_and_reports_the_time_per_call(capsys):
     (["--shape", "40,0,8"], "--shape needs >= 2 positive sizes"),
     (["--calls", "0"], "must be >= 1"),
     (["--dtype", "int32"], "invalid choice"),
+    (["--output", "voltage"], "invalid choice"),
 ])
 def test_bad_arguments_are_usage_errors(argv, message, capsys):
     with pytest.raises(SystemExit) as exc:
