@@ -156,7 +156,7 @@ class RunState:
         self.events: List[Alert] = []  # every start and clear, in order
         self.stages: List[Tuple[int, object, str]] = []  # (first step, stage, stage_name)
         self.last_val: Optional[Tuple[int, float]] = None  # (step, val_loss) of the latest eval
-        self.last_val_tasks: dict = {}  # val_loss_<task> of the latest eval that logged them
+        self.last_val_metrics: dict = {}  # val_perplexity and val_loss_<task> of the latest eval
         self.last_answers: Optional[Tuple[int, dict]] = None  # (step, generation metrics) of the latest eval
 
     def add(self, rows: List[dict]) -> List[Alert]:
@@ -169,7 +169,7 @@ class RunState:
                 self.stages.append((row["step"], stage, str(row.get("stage_name", ""))))
             if isinstance(row.get("val_loss"), (int, float)):
                 self.last_val = (row["step"], row["val_loss"])
-                self.last_val_tasks = {k: v for k, v in row.items() if k.startswith("val_loss_")}
+                self.last_val_metrics = {k: v for k, v in row.items() if k.startswith("val_loss_") or k == "val_perplexity"}
             answers = {k: row[k] for k in ANSWER_METRICS if k in row}
             if answers:
                 self.last_answers = (row["step"], answers)
@@ -250,9 +250,9 @@ def render(state: RunState, path: Path, reader: Optional[MetricsReader] = None, 
                  + (f"   sparsity_loss {_num(row['sparsity_loss'])}" if "sparsity_loss" in row else ""))
     shown.update({"train_loss", "sparsity_loss"})
     group("tasks", sorted(k for k in row if k.startswith("task_loss_")))
-    shown.update(k for k in row if k.startswith("val_loss_"))
-    if state.last_val_tasks:
-        lines.append(f"  {'val':<9}" + "   ".join(f"{k} {_num(v)}" for k, v in sorted(state.last_val_tasks.items())))
+    shown.update(k for k in row if k.startswith("val_loss_") or k == "val_perplexity")
+    if state.last_val_metrics:
+        lines.append(f"  {'val':<9}" + "   ".join(f"{k} {_num(v)}" for k, v in sorted(state.last_val_metrics.items())))
     shown.update(ANSWER_METRICS)
     if state.last_answers:
         step, answers = state.last_answers
