@@ -124,7 +124,9 @@ def select(op: str, device: torch.device, requested: Optional[str]) -> str:
     # the once-per-process log line is skipped while torch.compile traces (logging would break the graph)
     if not torch.compiler.is_compiling() and (op, device.type, choice) not in _announced:
         _announced.add((op, device.type, choice))
-        log.info("bdh_kernels.%s: %s backend on %s tensors", op, choice, device.type)
+        log.info("bdh_kernels.%s: %s backend on %s tensors%s", op, choice, device.type,
+                 " (Triton compiles each dtype and option set on first use, up to a minute; cached on disk after)"
+                 if choice == "triton" and device.type == "cuda" else "")
     return choice
 
 
