@@ -551,9 +551,17 @@ def train(cfg: Config, run_dir: str, device=None, dtype=None, resume_from=None, 
     per token, so after ~126 silent tokens (tau_mem 2) it underflows into subnormals, and CPU matmuls on
     subnormal operands run up to 100x slower (measured: the tiny tier's step 0.97 s -> 0.6 s).
     """
+    if not isinstance(cfg, Config):
+        raise TypeError(f"cfg must be a bdh.config.Config (from bdh.config.load_config), got {type(cfg).__name__}")
+    if not isinstance(run_dir, (str, os.PathLike)):
+        raise TypeError(f"run_dir must be a path, got {type(run_dir).__name__}")
+    validate(cfg)  # a Config changed in Python after loading is checked as a file would be
     master = not distributed or dist.get_rank() == 0
     if isinstance(resume_from, (str, os.PathLike)):
         resume_from = load_checkpoint(resume_from)
+    elif resume_from is not None and not isinstance(resume_from, dict):
+        raise TypeError(f"resume_from must be a checkpoint path, a loaded checkpoint dict or None, "
+                        f"got {type(resume_from).__name__}")
     if resume_from is not None:
         changed = check_resume(resume_from, cfg)
         if changed and master:
@@ -565,6 +573,7 @@ def train(cfg: Config, run_dir: str, device=None, dtype=None, resume_from=None, 
         os.makedirs(run_dir, exist_ok=True)
         for stale in glob.glob(os.path.join(run_dir, ".hatching_*.pt.tmp.*")):
             os.remove(stale)  # left by a process killed while writing a checkpoint
+    run_dir = os.fspath(run_dir)
     name = name or os.path.basename(os.path.abspath(run_dir))
     flush = device.type == "cpu" and flush_denormal(True)
     try:

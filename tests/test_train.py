@@ -350,6 +350,13 @@ def test_train_from_python_runs_and_resumes_from_a_path(tmp_path):
         train_module.train(longer, str(run), resume_from=str(run / "hatching_final.pt"))
     with pytest.raises(ConfigError, match="training.dtype: 'float16'"):
         train_module.train(cfg, str(tmp_path / "other"), dtype="float16")
+    cfg.training.max_iters = 0  # changed in Python: checked as a config file would be
+    with pytest.raises(ConfigError, match="training.max_iters: must be >= 1"):
+        train_module.train(cfg, tmp_path / "other")
+    with pytest.raises(TypeError, match="cfg must be a bdh.config.Config"):
+        train_module.train({"training": {}}, tmp_path / "other")
+    with pytest.raises(TypeError, match="resume_from must be a checkpoint path"):
+        train_module.train(longer, tmp_path / "other", resume_from=3)
 
 
 def test_resume_from_a_path_continues_in_that_runs_folder(tmp_path):
