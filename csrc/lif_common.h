@@ -7,6 +7,7 @@
 
 #include <cmath>
 #include <cstdint>
+#include <type_traits>
 
 #include <torch/types.h>
 
@@ -21,6 +22,21 @@ namespace bdh {
 constexpr int64_t kCheckpointEvery = 32;  // bdh_kernels.lif.CHECKPOINT_EVERY
 
 enum Surrogate : int { kSigmoid = 0, kAtan = 1, kFastSigmoid = 2, kPiecewiseQuadratic = 3, kErf = 4 };
+
+// The backward kernels are compiled once per surrogate: ``for_surrogate(code, pick)`` returns
+// ``pick(std::integral_constant<int, S>{})`` for the S of a runtime code (host code only).
+template <typename Pick>
+auto for_surrogate(int64_t code, Pick pick) {
+  switch (code) {
+    case kSigmoid: return pick(std::integral_constant<int, kSigmoid>{});
+    case kAtan: return pick(std::integral_constant<int, kAtan>{});
+    case kFastSigmoid: return pick(std::integral_constant<int, kFastSigmoid>{});
+    case kPiecewiseQuadratic: return pick(std::integral_constant<int, kPiecewiseQuadratic>{});
+    case kErf: return pick(std::integral_constant<int, kErf>{});
+  }
+  TORCH_CHECK(false, "unknown surrogate code ", code);
+  return pick(std::integral_constant<int, kSigmoid>{});
+}
 
 // exp for the surrogates. On the CPU the fp32 version is a branch-free polynomial (Cephes expf, about
 // 1 ulp) that the compiler vectorises; libm's expf is a call per element. Only backward uses it.

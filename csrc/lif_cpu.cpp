@@ -74,16 +74,8 @@ decltype(&generic::backward_window<scalar_t, T, S, kUnitStride>) backward_isa() 
 }
 
 template <typename scalar_t, typename T, bool kUnitStride>
-decltype(&generic::backward_window<scalar_t, T, kSigmoid, kUnitStride>) backward_for(int64_t surrogate) {
-  switch (surrogate) {
-    case kSigmoid: return backward_isa<scalar_t, T, kSigmoid, kUnitStride>();
-    case kAtan: return backward_isa<scalar_t, T, kAtan, kUnitStride>();
-    case kFastSigmoid: return backward_isa<scalar_t, T, kFastSigmoid, kUnitStride>();
-    case kPiecewiseQuadratic: return backward_isa<scalar_t, T, kPiecewiseQuadratic, kUnitStride>();
-    case kErf: return backward_isa<scalar_t, T, kErf, kUnitStride>();
-  }
-  TORCH_CHECK(false, "unknown surrogate code ", surrogate);
-  return nullptr;
+auto backward_for(int64_t surrogate) {
+  return for_surrogate(surrogate, [](auto s) { return backward_isa<scalar_t, T, decltype(s)::value, kUnitStride>(); });
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> lif_backward_cpu(

@@ -296,16 +296,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> lif_forwa
 }
 
 template <typename scalar_t, typename T>
-decltype(&lif_backward_kernel<scalar_t, T, kSigmoid>) backward_kernel_for(int64_t surrogate) {
-  switch (surrogate) {
-    case kSigmoid: return lif_backward_kernel<scalar_t, T, kSigmoid>;
-    case kAtan: return lif_backward_kernel<scalar_t, T, kAtan>;
-    case kFastSigmoid: return lif_backward_kernel<scalar_t, T, kFastSigmoid>;
-    case kPiecewiseQuadratic: return lif_backward_kernel<scalar_t, T, kPiecewiseQuadratic>;
-    case kErf: return lif_backward_kernel<scalar_t, T, kErf>;
-  }
-  TORCH_CHECK(false, "unknown surrogate code ", surrogate);
-  return nullptr;
+auto backward_kernel_for(int64_t surrogate) {
+  return for_surrogate(surrogate, [](auto s) { return &lif_backward_kernel<scalar_t, T, decltype(s)::value>; });
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> lif_backward_cuda(
