@@ -7,7 +7,9 @@
     python -m bdh.train --config medium --dry-run         # predicted peak memory and micro-batch, no training
     torchrun --nproc_per_node=4 -m bdh.train --config medium --distributed
 
-One loop (``train``): per step, the curriculum stage of that step sets the sampler's task mix; the
+From Python: ``train(load_config("tiny", overrides), run_dir, resume_from=...)`` (see ``train``).
+
+One loop (``_train``): per step, the curriculum stage of that step sets the sampler's task mix; the
 effective batch (``training.batch_size``, over all ranks) is split into micro-batches that fit memory and
 their gradients accumulated; a step whose loss or gradients are not finite is skipped; AdamW with linear
 warmup then cosine decay, gradients clipped (the norm is logged before clipping).
