@@ -113,8 +113,8 @@ def parse_function_calls(text: str, whole: bool = True) -> Tuple[list, Optional[
     calls = []
     for body in FUNCTION_CALL_RE.findall(text):
         try:
-            call = json.loads(body)
-        except ValueError as e:
+            call = strict_json(body)
+        except (ValueError, RecursionError) as e:
             return calls, f"call body is not JSON ({e})"
         if not isinstance(call, dict) or set(call) != {"name", "arguments"}:
             return calls, 'call body is not {"name": ..., "arguments": {...}}'
@@ -124,16 +124,25 @@ def parse_function_calls(text: str, whole: bool = True) -> Tuple[list, Optional[
     return calls, None
 
 
+def strict_json(text: str):
+    """``json.loads`` without the non-standard NaN / Infinity / -Infinity it accepts by default."""
+    def reject(name):
+        raise ValueError(f"{name} is not JSON")
+
+    return json.loads(text, parse_constant=reject)
+
+
 def json_valid(text: str) -> bool:
-    """JSON validity: text (up to EOS) has balanced <function_call> blocks, at least one, and every
-    block's body is a JSON object."""
+    """JSON validity: text (up to EOS) holds at least one <function_call> block, no tag outside a
+    complete block, and every block's body is a JSON object."""
     text = _strip_output(text)
-    if text.count("<function_call>") != text.count("</function_call>"):
-        return False
     bodies = FUNCTION_CALL_RE.findall(text)
+    leftover = FUNCTION_CALL_RE.sub("", text)
+    if not bodies or "<function_call>" in leftover or "</function_call>" in leftover:
+        return False
     try:
-        return bool(bodies) and all(isinstance(json.loads(body), dict) for body in bodies)
-    except ValueError:
+        return all(isinstance(strict_json(body), dict) for body in bodies)
+    except (ValueError, RecursionError):
         return False
 
 

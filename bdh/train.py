@@ -537,9 +537,9 @@ def train(cfg: Config, run_dir: str, device=None, dtype=None, resume_from=None, 
 
         from bdh.config import load_config
         from bdh.train import train
-        cfg = load_config("tiny", ["training.max_iters=200"])           # a tier or a YAML path, overrides
-        train(cfg, "runs/mine")                                           # a fresh run
-        train(cfg, "runs/mine", resume_from="runs/mine/hatching_step_100.pt")  # continue it
+        train(load_config("tiny", ["training.max_iters=200"]), "runs/mine")   # a tier or YAML path, overrides
+        longer = load_config("tiny", ["training.max_iters=400"])
+        train(longer, "runs/mine", resume_from="runs/mine/hatching_final.pt")  # continue it to step 400
 
     device, dtype: torch.device / torch.dtype or their names; default the config's training.device and
     training.dtype. resume_from: a checkpoint's path or its loaded dict (bdh.checkpoint.load_checkpoint);
@@ -575,6 +575,8 @@ def train(cfg: Config, run_dir: str, device=None, dtype=None, resume_from=None, 
         os.makedirs(run_dir, exist_ok=True)
         for stale in glob.glob(os.path.join(run_dir, ".hatching_*.pt.tmp.*")):
             os.remove(stale)  # left by a process killed while writing a checkpoint
+    if distributed:
+        dist.barrier()  # the run folder is ready before any rank goes on
     run_dir = os.fspath(run_dir)
     name = name or os.path.basename(os.path.abspath(run_dir))
     flush = device.type == "cpu" and flush_denormal(True)
@@ -898,10 +900,12 @@ def main(argv=None) -> int:
         elif args.resume:
             ckpt = load_checkpoint(args.resume)
         cfg = make_config(args, base=ckpt["config"] if ckpt and not args.config else None)
+        if ckpt is not None:
+            changed = check_resume(ckpt, cfg)  # train() checks again and says what changed
+            if args.dry_run and changed and rank == 0:
+                print("resuming with settings that differ from the checkpoint's: " + "; ".join(changed))
         device = resolve_device(cfg.training.device)
         dtype = resolve_dtype(cfg.training.dtype, device)
-        if args.dry_run and ckpt is not None:
-            check_resume(ckpt, cfg)
         check_backend(cfg, device)
         world = dist.get_world_size() if distributed else 1
         if args.dry_run:

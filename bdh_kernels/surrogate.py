@@ -46,7 +46,7 @@ def resolve(name: str, alpha: Optional[float]):
     spec = SURROGATES[name]
     if alpha is None:
         return spec.code, spec.default_alpha
-    return spec.code, check_number("alpha", alpha, low=0.0)
+    return spec.code, check_number("alpha", alpha, low=0.0, optional=True)
 
 
 def surrogate_grad(z: torch.Tensor, code: int, alpha: float) -> torch.Tensor:

@@ -57,6 +57,7 @@ def test_partly_correct_calls(output, expected):
     ('<function_call>{"name": "get_weather", "arguments": {"city": "Paris"}', "unbalanced"),
     ('<function_call>{"name": "get_weather", "arguments": {"city": "Paris",}}</function_call>', "not JSON"),
     ("<function_call>{'name': 'get_weather', 'arguments': {}}</function_call>", "not JSON"),
+    ('<function_call>{"name": "get_weather", "arguments": {"days": Infinity}}</function_call>', "not JSON"),
     ('<function_call>{"name": "get_weather", "arguments": "{\\"city\\": \\"Paris\\"}"}</function_call>', "arguments an object"),
     ('<function_call>{"name": "get_weather"}</function_call>', 'not {"name"'),
     ('<function_call>{"name": "get_weather", "arguments": {}, "id": 1}</function_call>', 'not {"name"'),
@@ -85,6 +86,9 @@ def test_malformed_calls_score_0(output, error):
     ("<function_call>{'name': 'get_weather', 'arguments': {}}</function_call>", False),
     ('<function_call>["get_weather", {}]</function_call>', False),  # JSON, but not an object
     (REFERENCE + "<function_call>{</function_call>", False),  # one bad block of two
+    (REFERENCE + '</function_call><function_call>{"name": "x", "argu', False),  # tags counted equal, one block open
+    ('<function_call>{"name": "get_weather", "arguments": {"x": NaN}}</function_call>', False),  # NaN is not JSON
+    ("<function_call>" + "[" * 100000 + "]" * 100000 + "</function_call>", False),  # too deep to parse
 ])
 def test_json_validity(output, valid):
     assert ev.json_valid(output) is valid

@@ -294,10 +294,14 @@ def test_ctrl_c_saves_a_checkpoint_and_resume_continues(tmp_path):
 
 def test_resume_takes_the_configs_optimizer_settings(tmp_path, capsys):
     assert main(run_args(tmp_path, iters=4, sets=["monitor.log_freq=1"])) == 0
-    assert main(run_args(tmp_path, "--resume", "auto", iters=6,
-                         sets=["monitor.log_freq=1", "training.learning_rate=0.5", "training.beta1=0.5"])) == 0
+    changed = ["monitor.log_freq=1", "training.learning_rate=0.5", "training.beta1=0.5"]
+    capsys.readouterr()
+    assert main(run_args(tmp_path, "--resume", "auto", "--dry-run", iters=6, sets=changed)) == 0
     said = capsys.readouterr().out
-    assert "differ from the checkpoint's: training.beta1: 0.9 -> 0.5; training.learning_rate:" in said
+    assert said.count("differ from the checkpoint's: training.beta1: 0.9 -> 0.5; training.learning_rate:") == 1
+    assert main(run_args(tmp_path, "--resume", "auto", iters=6, sets=changed)) == 0
+    said = capsys.readouterr().out
+    assert said.count("differ from the checkpoint's: training.beta1: 0.9 -> 0.5; training.learning_rate:") == 1
     cfg = load_config("tiny", [*MICRO, "training.learning_rate=0.5", "training.beta1=0.5"])
     cfg.training.max_iters = 6  # --set applies after --max-iters scales the warmup: MICRO's warmup stays
     row = {r["step"]: r for r in rows(tmp_path / "run" / "metrics.jsonl")}[5]
