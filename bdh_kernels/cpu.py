@@ -13,6 +13,7 @@ import warnings
 import torch
 
 from . import backends
+from .checks import check_bool
 
 
 def flush_denormal(on: bool = True) -> bool:
@@ -22,8 +23,7 @@ def flush_denormal(on: bool = True) -> bool:
     become 0 and subnormal inputs are read as 0: values below ~1.2e-38 (fp32) are lost, which spiking
     gradients and traces can afford. Without the compiled extension only the calling thread is set.
     """
-    if not isinstance(on, bool):
-        raise TypeError(f"on must be a bool, got {type(on).__name__}")
+    check_bool("on", on)
     if backends.extension_error() is None:
         return bool(torch.ops.bdh.flush_denormal(on))
     warnings.warn(f"flush_denormal: only the calling thread is set ({backends.extension_error()})", stacklevel=2)

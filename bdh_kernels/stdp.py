@@ -40,7 +40,7 @@ from typing import NamedTuple, Optional
 import torch
 
 from . import backends, reference
-from .checks import check_number, check_weight_bounds
+from .checks import check_bool, check_number, check_weight_bounds
 from .lif import FLOAT_DTYPES, _as_ptq, _check_state, _check_time_dim, _from_ptq, state_dtype
 
 TRACE_FORWARD_SCHEMA = "(Tensor spikes, Tensor? trace_init, float tau) -> (Tensor, Tensor)"
@@ -171,8 +171,7 @@ def stdp_traces(
     time_dim = _check_time_dim(time_dim, spikes, "spikes")
     tau = _check_tau("tau", tau)
     _check_state("trace_init", trace_init, spikes, time_dim, "spikes")
-    if not isinstance(return_state, bool):
-        raise TypeError(f"return_state must be a bool, got {type(return_state).__name__}")
+    check_bool("return_state", return_state)
     choice = backends.select("stdp_traces", spikes.device, backend)
     traces, final = _traces(spikes, tau, time_dim, trace_init, choice)
     return (traces, final) if return_state else traces
