@@ -461,10 +461,17 @@ class StepStats:
         self.sparsity = self.rates.stop
         self.drive = slice(self.sparsity + 1, self.sparsity + 4)
         self.buf = torch.zeros(self.drive.stop, dtype=torch.float64, device=device)
+        self._host = None  # buf as a list, read from the device once per logged row
+
+    def _values(self) -> list:
+        if self._host is None:
+            self._host = self.buf.tolist()
+        return self._host
 
     def add(self, losses, targets, tasks, out, sparsity, share: float) -> None:
         """One micro-batch: its per-token losses [b, T] and targets, its records' tasks, the model's output,
         share: its fraction of the rank's batch, and its sparsity loss (already scaled by share)."""
+        self._host = None
         with torch.no_grad():
             row_ce = losses.sum(1).double()
             row_tokens = (targets != IGNORE_INDEX).sum(1).double()
@@ -483,18 +490,20 @@ class StepStats:
 
     def task_losses(self) -> dict:
         """task_loss_<task>: mean cross-entropy per target token of each task in the step's batch."""
-        ce, tokens = self.buf[self.task_ce].tolist(), self.buf[self.task_tokens].tolist()
+        values = self._values()
+        ce, tokens = values[self.task_ce], values[self.task_tokens]
         return {f"task_loss_{t}": c / n for t, c, n in zip(TASKS, ce, tokens) if n > 0}
 
     def sparsity_loss(self) -> float:
-        return self.buf[self.sparsity].item()
+        return self._values()[self.sparsity]
 
     def activity(self) -> dict:
         """firing_rate (mean), firing_rate_layer<i>, and activation_mean/std of the LIF input currents."""
-        rates = self.buf[self.rates].tolist()
+        values = self._values()
+        rates = values[self.rates]
         row = {"firing_rate": sum(rates) / len(rates)}
         row.update({f"firing_rate_layer{i}": (rates[2 * i] + rates[2 * i + 1]) / 2 for i in range(len(rates) // 2)})
-        total, squares, count = self.buf[self.drive].tolist()
+        total, squares, count = values[self.drive]
         if count > 0:
             mean = total / count
             row.update(activation_mean=mean, activation_std=math.sqrt(max(0.0, squares / count - mean * mean)))
