@@ -296,23 +296,27 @@ def _lif_backward_kernel(
         seg_len = tl.minimum(T - c * CKPT, CKPT)
 
         # 1. the segment's membranes recomputed from its checkpoint (no stores in this loop, so the
-        #    compiler issues the segment's loads of x ahead of the arithmetic)
+        #    compiler issues the segment's loads of x ahead of the arithmetic); with gated output the
+        #    sweep needs relu(x_t) too, kept in a third tile (loading x_t again in the sweep would put
+        #    each load behind the previous step's store, which may alias it, a round trip per step)
         v = tl.load(v_ckpt_ptr + c.to(tl.int64) * N + n, mask=mask, other=0.0)
         i = tl.zeros([BLOCK_N], dtype=tl.float32)
         if SYN:
             i = tl.load(i_ckpt_ptr + c.to(tl.int64) * N + n, mask=mask, other=0.0)
         x_ptrs = x_ptr + x_off + t0 * stride_xt
         hs = tl.zeros([CKPT, BLOCK_N], dtype=tl.float32)
+        relu_xs = tl.zeros([CKPT, BLOCK_N], dtype=tl.float32)
         for j in tl.static_range(CKPT):
             x_j = tl.load(x_ptrs, mask=_mask_if(mask, j < seg_len), other=0.0).to(tl.float32)
             x_ptrs += stride_xt
             h, i = _charge(v, i, x_j, k, a_syn, v_rest, SYN, DECAY_INPUT)
             hs = _put_row(hs, rows, j, h)
+            if GATED:
+                relu_xs = _put_row(relu_xs, rows, j, tl.maximum(x_j, 0.0))
             v = _reset(h, h >= v_threshold, v_threshold, v_reset, HARD_RESET)  # past T: never read
 
         # 2. the segment's output gradients, all loaded before the sweep (its stores would otherwise
-        #    keep each load behind the previous step), then the reverse sweep; x_ptrs is one step past
-        #    the segment's end
+        #    keep each load behind the previous step), then the reverse sweep
         go_ptrs = grad_out_ptr + go_off + t0 * stride_gt
         gos = tl.zeros([CKPT, BLOCK_N], dtype=tl.float32)
         for j in tl.static_range(CKPT):
@@ -329,9 +333,8 @@ def _lif_backward_kernel(
             g = _surrogate_grad(h, v_threshold, alpha, SURROGATE)
 
             if GATED:
-                x_ptrs -= stride_xt
-                x_t = tl.load(x_ptrs, mask=_mask_if(mask, live), other=0.0).to(tl.float32)
-                gs = grad_out * tl.maximum(x_t, 0.0)
+                relu_x = _get_row(relu_xs, rows, j)
+                gs = grad_out * relu_x
             else:
                 gs = grad_out
             # the sweep's products and sums as fused multiply-adds (tl.fma is explicit, so the kernel's
@@ -358,7 +361,7 @@ def _lif_backward_kernel(
             else:
                 gx = gh
             if GATED:
-                gx = gx + tl.where(spike & (x_t > 0.0), grad_out, 0.0)
+                gx = gx + tl.where(spike & (relu_x > 0.0), grad_out, 0.0)  # relu_x > 0 iff x_t > 0
             tl.store(gx_ptrs, gx.to(grad_x_ptr.dtype.element_ty), mask=_mask_if(mask, live))
             gx_ptrs -= Q
 
@@ -385,8 +388,9 @@ MAXNREG_ENV = "BDH_KERNELS_TRITON_MAXNREG"
 def _register_cap() -> dict:
     """``{"maxnreg": R}`` when ``BDH_KERNELS_TRITON_MAXNREG=R`` caps the registers per thread of the LIF
     kernels (ptxas spills beyond it), else ``{}``: Triton's own choice. A tuning knob: the backward holds a
-    segment's membranes and output gradients in registers (149 per thread for sm_90 in bf16, 110 with
-    gated output), which leaves 12 (16) warps per SM to hide memory latency; a cap trades spills for warps."""
+    segment's membranes and output gradients (and relu(x) with gated output) in registers, 149 per thread
+    for sm_90 in bf16 (147 gated: benchmarks/kernel_stats.py), which leaves 12 warps per SM to hide memory
+    latency; a cap trades spills for warps."""
     value = os.environ.get(MAXNREG_ENV, "")
     if not value:
         return {}
