@@ -6,10 +6,10 @@ without one: Triton's compiler and the ptxas and cuobjdump that ship with it.
 
 A step of the kernels is a few flops, so the backward's speed is bounded by the instructions it issues
 as much as by the bytes it moves: this is the instrument for changing the kernels where no GPU is at
-hand. The launch is specialised as ``bdh_kernels.triton.lif`` launches a contiguous ``[T, B, N]`` input
-(one program of 128 neurons, 4 warps; pointers 16-byte aligned, the neuron count a multiple of 16). The
-segment loops are unrolled, so the instruction count divided by the segment length (32 steps) is the
-cost of a neuron-step, prologue and epilogue included.
+hand. The launch is specialised as ``bdh_kernels.triton.lif`` launches a contiguous input, ``[T, B, N]``
+or with ``--time-inside`` ``[B, H, T, N]`` (one program of 128 neurons, 4 warps; pointers 16-byte
+aligned, the inner size a multiple of 16). The segment loops are unrolled, so the instruction count
+divided by the segment length (32 steps) is the cost of a neuron-step, prologue and epilogue included.
 """
 import argparse
 import collections
@@ -47,6 +47,8 @@ def parse_args(argv=None):
     ap.add_argument("--surrogate", default="sigmoid", choices=tuple(SURROGATES))
     ap.add_argument("--tau-syn", action="store_true", help="current-based LIF (tau_syn set)")
     ap.add_argument("--soft-reset", action="store_true", help="reset by subtraction (v_reset=None)")
+    ap.add_argument("--time-inside", action="store_true", help="neurons on both sides of time, as the "
+                    "model's [B, heads, T, N] (default: time first, [T, B, N])")
     ap.add_argument("--maxnreg", type=_register_cap, default=None, metavar="R",
                     help="cap on registers per thread, as $" f"{triton_lif.MAXNREG_ENV} "
                     "(default: none, Triton's choice)")
@@ -63,7 +65,7 @@ def _register_cap(text):
 
 def _constants(args, backward):
     flags = dict(SYN=args.tau_syn, DECAY_INPUT=True, HARD_RESET=not args.soft_reset,
-                 GATED=args.output == "gated", CKPT=CHECKPOINT_EVERY, BLOCK_N=BLOCK_N, FLAT=True)
+                 GATED=args.output == "gated", CKPT=CHECKPOINT_EVERY, BLOCK_N=BLOCK_N, FLAT=not args.time_inside)
     if backward:
         return dict(flags, HAS_GRAD_V=False, HAS_GRAD_I=False, DETACH_RESET=False,
                     SURROGATE=SURROGATES[args.surrogate].code)
@@ -130,7 +132,8 @@ def main(argv=None):
     args = parse_args(argv)
     kernels = {"fwd": (triton_lif._lif_forward_kernel, False), "bwd": (triton_lif._lif_backward_kernel, True)}
     chosen = ("fwd", "bwd") if args.kernel == "both" else (args.kernel,)
-    options = (f"{args.dtype}, {args.output} output, {args.surrogate}, "
+    options = (f"{'[P, T, Q]' if args.time_inside else '[T, Q]'} input, {args.dtype}, {args.output} output, "
+               f"{args.surrogate}, "
                f"{'tau_syn' if args.tau_syn else 'no tau_syn'}, {'soft' if args.soft_reset else 'hard'} reset, "
                f"sm_{args.arch}, Triton {triton.__version__}")
     print(f"Triton LIF kernels ({options}):")

@@ -19,8 +19,9 @@ def run_script(*argv, interpret=False):
     return subprocess.run([sys.executable, SCRIPT, *argv], capture_output=True, text=True, env=env, timeout=600)
 
 
-def test_compiles_the_forward_for_sm90_and_counts_its_instructions():
-    result = run_script("--kernel", "fwd", "--dtype", "float32", "--opcodes", "3")
+@pytest.mark.parametrize("layout", [[], ["--time-inside"]])
+def test_compiles_the_forward_for_sm90_and_counts_its_instructions(layout):
+    result = run_script("--kernel", "fwd", "--dtype", "float32", "--opcodes", "3", *layout)
     if "is not in this Triton install" in result.stderr:
         pytest.skip("this Triton has no NVIDIA tools (ptxas, cuobjdump)")
     assert result.returncode == 0, result.stderr
