@@ -18,9 +18,11 @@ import re
 import subprocess
 import sys
 import tempfile
+import time
 
 if os.environ.get("TRITON_INTERPRET") == "1":
     raise SystemExit("kernel_stats compiles the kernels: unset TRITON_INTERPRET")
+os.environ["TRITON_ALWAYS_COMPILE"] = "1"  # past Triton's cache, so that the compile time is measured
 
 import triton  # noqa: E402
 from triton.backends.compiler import GPUTarget  # noqa: E402
@@ -106,13 +108,15 @@ def _tool(name):
 
 
 def kernel_stats(kernel, constants, io_dtype, arch=90, maxnreg=None):
-    """``(registers, stack bytes, SASS instructions, opcode counts)`` of ``kernel`` compiled for ``arch``
-    with at most ``maxnreg`` registers per thread (None: no cap)."""
+    """``(registers, stack bytes, SASS instructions, opcode counts, compile seconds)`` of ``kernel``
+    compiled for ``arch`` with at most ``maxnreg`` registers per thread (None: no cap)."""
     options = dict(num_warps=NUM_WARPS, enable_fp_fusion=False)
     if maxnreg is not None:
         options["maxnreg"] = maxnreg
+    start = time.perf_counter()
     compiled = triton.compile(_source(kernel, constants, io_dtype), target=GPUTarget("cuda", arch, 32),
                               options=options)
+    seconds = time.perf_counter() - start
     with tempfile.TemporaryDirectory() as tmp:
         cubin = os.path.join(tmp, "kernel.cubin")
         with open(cubin, "wb") as f:
@@ -125,7 +129,7 @@ def kernel_stats(kernel, constants, io_dtype, arch=90, maxnreg=None):
     stack = int(re.search(r"STACK:(\d+)", usage).group(1))
     # an instruction line: /*offset*/  [@predicate] OPCODE ...
     opcodes = re.findall(r"^\s+/\*[0-9a-f]{4,}\*/\s+(?:@!?U?P\w+\s+)?([A-Z][A-Z0-9_]*)", sass, re.M)
-    return registers, stack, len(opcodes), collections.Counter(opcodes)
+    return registers, stack, len(opcodes), collections.Counter(opcodes), seconds
 
 
 def main(argv=None):
@@ -140,11 +144,11 @@ def main(argv=None):
     results = {}
     for name in chosen:
         kernel, backward = kernels[name]
-        registers, stack, count, opcodes = kernel_stats(kernel, _constants(args, backward),
+        registers, stack, count, opcodes, seconds = kernel_stats(kernel, _constants(args, backward),
                                                         TRITON_DTYPES[args.dtype], args.arch, args.maxnreg)
-        results[name] = dict(registers=registers, stack_bytes=stack, instructions=count)
+        results[name] = dict(registers=registers, stack_bytes=stack, instructions=count, compile_s=seconds)
         print(f"  {name} (maxnreg {args.maxnreg or 'none'}): {registers} registers, {stack} bytes of stack (spills), "
-              f"{count} instructions, {count / CHECKPOINT_EVERY:.1f} per neuron-step")
+              f"{count} instructions, {count / CHECKPOINT_EVERY:.1f} per neuron-step; compiled in {seconds:.1f} s")
         if args.opcodes:
             print("    " + ", ".join(f"{op} {n}" for op, n in opcodes.most_common(args.opcodes)))
     return results

@@ -26,7 +26,7 @@ def test_compiles_the_forward_for_sm90_and_counts_its_instructions(layout):
         pytest.skip("this Triton has no NVIDIA tools (ptxas, cuobjdump)")
     assert result.returncode == 0, result.stderr
     line = re.search(r"fwd \(maxnreg none\): (\d+) registers, (\d+) bytes of stack \(spills\), (\d+) instructions, "
-                     r"([\d.]+) per neuron-step", result.stdout)
+                     r"([\d.]+) per neuron-step; compiled in [\d.]+ s", result.stdout)
     assert line, result.stdout
     registers, stack, count, per_step = int(line[1]), int(line[2]), int(line[3]), float(line[4])
     assert 24 <= registers <= 255 and stack == 0

@@ -15,10 +15,11 @@ divisibility): a new sequence length does not compile a new kernel. The time str
 (it is Q, or 1 when time is the last dim), so its divisibility still lets the loads be vectorised.
 
 Time is walked in segments of ``CKPT = 32`` steps (the checkpoint interval). A segment's loads are issued
-all at once into a ``[CKPT, BLOCK_N]`` register tile before its steps run (a step's arithmetic is a few
-flops, so one load in flight per thread would leave the loop waiting on memory latency), and the steps
-read the tile row by row; the segment loops are unrolled (``tl.static_range``), so row ``j`` is a fixed
-set of registers, as in the CUDA kernel's per-thread arrays.
+all at once before its steps run (a step's arithmetic is a few flops, so one load in flight per thread
+would leave the loop waiting on memory latency), into a tuple of ``CKPT`` ``[BLOCK_N]`` values that the
+steps then read; the segment loops are unrolled (``tl.static_range``), so element ``j`` is a fixed
+register per thread, as in the CUDA kernel's per-thread arrays. (A ``[CKPT, BLOCK_N]`` tile written and
+read with selects compiles to the same machine code, but takes the compiler 2-3x as long.)
 
 Forward, per neuron and step t (fp32 state whatever the I/O dtype, ``k = 1/tau_mem``,
 ``a_syn = 1 - 1/tau_syn``, both rounded to fp32 on the host from double as ``reference.lif_constants``)::
@@ -32,8 +33,8 @@ Forward, per neuron and step t (fp32 state whatever the I/O dtype, ``k = 1/tau_m
 Before step ``c * CHECKPOINT_EVERY`` the state (v, i) is written to row c of ``v_ckpt`` / ``i_ckpt``.
 
 Backward, per segment from the last to the first: load the segment's inputs, recompute its ``h_t``
-from the checkpoint into a register tile, load its output gradients, then run the reverse sweep of the
-contract over the tile. ``gv`` (and ``gi``) carry across segments; see :func:`_lif_backward_kernel`.
+from the checkpoint, load its output gradients, then run the reverse sweep of the contract over them,
+all held in registers. ``gv`` (and ``gi``) carry across segments; see :func:`_lif_backward_kernel`.
 Memory traffic per neuron-step: forward x and out, backward x, grad_out and grad_x, plus 4/32 bytes of
 checkpoint each way (8/32 with tau_syn).
 
@@ -150,25 +151,6 @@ def _surrogate_grad(h, v_threshold, alpha, SURROGATE: tl.constexpr):
     return g
 
 
-@triton.jit
-def _put_row(tile, rows, j, row):
-    """``tile`` (``[CKPT, BLOCK_N]``) with row ``j`` replaced by ``row``.
-
-    ``j`` is a compile-time constant (the loops over a segment are ``tl.static_range``) and each thread
-    holds all rows of its columns, so the comparison folds and this is a register move, not a select
-    over the tile.
-    """
-    return tl.where(rows[:, None] == j, row[None, :], tile)
-
-
-@triton.jit
-def _get_row(tile, rows, j):
-    """Row ``j`` of the fp32 ``tile``, exactly: the other terms of the sum are -0.0, and ``x + -0.0 == x``
-    for every x (-0.0, infinities and NaN included), so no rounding; with ``j`` a compile-time constant
-    the compiler folds the sum away (adding -0.0 is an identity it may drop)."""
-    return tl.sum(tl.where(rows[:, None] == j, tile, -0.0), axis=0)
-
-
 @triton.jit(do_not_specialize=["T", "num_ckpt"],
             do_not_specialize_on_alignment=["stride_xp", "stride_xq"])
 def _lif_forward_kernel(
@@ -185,9 +167,9 @@ def _lif_forward_kernel(
 
     Writes ``out`` (x's dtype, contiguous ``[P, T, Q]``), ``v_final``/``i_final`` and the checkpoint rows.
     Per segment of ``CKPT`` steps the inputs are loaded first, all at once (``CKPT`` loads in flight per
-    thread, which is what hides the memory latency), into a ``[CKPT, BLOCK_N]`` register tile; then the
-    steps run from the tile. Steps past ``T`` in the last segment are masked: they load and store
-    nothing and leave the state as it is.
+    thread, which is what hides the memory latency), into registers; then the steps run from them.
+    Steps past ``T`` in the last segment are masked: they load and store nothing and leave the state as
+    it is.
     """
     pid = tl.program_id(0)
     n, mask, x_off, out_off = _neuron_offsets(pid, N, Q, T, stride_xp, stride_xq, BLOCK_N, FLAT)
@@ -200,7 +182,6 @@ def _lif_forward_kernel(
     if HAS_I_INIT:
         i = tl.load(i_init_ptr + n, mask=mask, other=0.0)
 
-    rows = tl.arange(0, CKPT)
     # Pointers advance by a stride per step (64-bit pointer arithmetic) rather than t * stride, which
     # would be a 32-bit product for a 32-bit loop index.
     x_ptrs = x_ptr + x_off
@@ -214,14 +195,13 @@ def _lif_forward_kernel(
             tl.store(i_ckpt_ptrs, i, mask=mask)
             i_ckpt_ptrs += N
         seg_len = tl.minimum(T - c * CKPT, CKPT)
-        xs = tl.zeros([CKPT, BLOCK_N], dtype=tl.float32)
+        xs = ()
         for j in tl.static_range(CKPT):
-            x_j = tl.load(x_ptrs, mask=_mask_if(mask, j < seg_len), other=0.0).to(tl.float32)
-            xs = _put_row(xs, rows, j, x_j)
+            xs = xs + (tl.load(x_ptrs, mask=_mask_if(mask, j < seg_len), other=0.0).to(tl.float32),)
             x_ptrs += stride_xt
         for j in tl.static_range(CKPT):
             live = j < seg_len
-            x_t = _get_row(xs, rows, j)
+            x_t = xs[j]
             h, i_next = _charge(v, i, x_t, k, a_syn, v_rest, SYN, DECAY_INPUT)
             spike = h >= v_threshold
             v = tl.where(live, _reset(h, spike, v_threshold, v_reset, HARD_RESET), v)
@@ -269,8 +249,8 @@ def _lif_backward_kernel(
 
     The h_t of a segment are needed in reverse order but produced in forward order, so a segment's
     recomputed membranes (bit-identical to the forward's, so both passes agree on every spike) and its
-    output gradients (all loads in flight at once) are held in register tiles ``[CKPT, BLOCK_N]``, as
-    the CUDA kernel keeps per-thread arrays, and the reverse sweep reads them back row by row. Nothing of
+    output gradients (all loads in flight at once) are held in registers (tuples of ``CKPT`` values), as
+    the CUDA kernel keeps per-thread arrays, and the reverse sweep reads them back in reverse. Nothing of
     size T * neurons is written but grad_x.
     """
     pid = tl.program_id(0)
@@ -288,7 +268,6 @@ def _lif_backward_kernel(
     if HAS_GRAD_I:
         gi = tl.load(grad_i_ptr + n, mask=mask, other=0.0)
     one_minus_k = 1.0 - k
-    rows = tl.arange(0, CKPT)
 
     for cc in range(0, num_ckpt):
         c = num_ckpt - 1 - cc
@@ -297,43 +276,42 @@ def _lif_backward_kernel(
 
         # 1. the segment's membranes recomputed from its checkpoint (no stores in this loop, so the
         #    compiler issues the segment's loads of x ahead of the arithmetic); with gated output the
-        #    sweep needs relu(x_t) too, kept in a third tile (loading x_t again in the sweep would put
+        #    sweep needs relu(x_t) too, kept as well (loading x_t again in the sweep would put
         #    each load behind the previous step's store, which may alias it, a round trip per step)
         v = tl.load(v_ckpt_ptr + c.to(tl.int64) * N + n, mask=mask, other=0.0)
         i = tl.zeros([BLOCK_N], dtype=tl.float32)
         if SYN:
             i = tl.load(i_ckpt_ptr + c.to(tl.int64) * N + n, mask=mask, other=0.0)
         x_ptrs = x_ptr + x_off + t0 * stride_xt
-        hs = tl.zeros([CKPT, BLOCK_N], dtype=tl.float32)
-        relu_xs = tl.zeros([CKPT, BLOCK_N], dtype=tl.float32)
+        hs = ()
+        relu_xs = ()
         for j in tl.static_range(CKPT):
             x_j = tl.load(x_ptrs, mask=_mask_if(mask, j < seg_len), other=0.0).to(tl.float32)
             x_ptrs += stride_xt
             h, i = _charge(v, i, x_j, k, a_syn, v_rest, SYN, DECAY_INPUT)
-            hs = _put_row(hs, rows, j, h)
+            hs = hs + (h,)
             if GATED:
-                relu_xs = _put_row(relu_xs, rows, j, tl.maximum(x_j, 0.0))
+                relu_xs = relu_xs + (tl.maximum(x_j, 0.0),)
             v = _reset(h, h >= v_threshold, v_threshold, v_reset, HARD_RESET)  # past T: never read
 
         # 2. the segment's output gradients, all loaded before the sweep (its stores would otherwise
         #    keep each load behind the previous step), then the reverse sweep
         go_ptrs = grad_out_ptr + go_off + t0 * stride_gt
-        gos = tl.zeros([CKPT, BLOCK_N], dtype=tl.float32)
+        gos = ()
         for j in tl.static_range(CKPT):
             go_j = tl.load(go_ptrs, mask=_mask_if(mask, j < seg_len), other=0.0).to(tl.float32)
-            gos = _put_row(gos, rows, j, go_j)
+            gos = gos + (go_j,)
             go_ptrs += stride_gt
         gx_ptrs = grad_x_ptr + gx_off + (t0 + CKPT - 1) * Q
         for jj in tl.static_range(CKPT):
-            j = CKPT - 1 - jj
-            live = j < seg_len
-            h = _get_row(hs, rows, j)
-            grad_out = _get_row(gos, rows, j)
+            live = CKPT - 1 - jj < seg_len
+            h = hs[CKPT - 1 - jj]
+            grad_out = gos[CKPT - 1 - jj]
             spike = h >= v_threshold  # the forward's predicate: same spikes as the forward
             g = _surrogate_grad(h, v_threshold, alpha, SURROGATE)
 
             if GATED:
-                relu_x = _get_row(relu_xs, rows, j)
+                relu_x = relu_xs[CKPT - 1 - jj]
                 gs = grad_out * relu_x
             else:
                 gs = grad_out
@@ -403,7 +381,7 @@ def _launch_config(num_neurons: int, device: torch.device):
     """``(BLOCK_N, num_warps)`` for ``num_neurons`` neurons.
 
     On a GPU one thread owns one neuron (``BLOCK_N = 32 * num_warps``): a thread holds its neuron's
-    segment tiles (``CKPT`` inputs, membranes and output gradients, fp32) in registers, so more neurons
+    segment (``CKPT`` inputs, membranes and output gradients, fp32) in registers, so more neurons
     per thread would spill. Blocks of 4 warps once there are enough neurons for two such blocks per SM,
     smaller blocks below that so that all SMs get work. Under the interpreter each program is a Python
     loop, so fewer, larger programs are faster; 64 still leaves several programs in the tests.
