@@ -9,8 +9,9 @@
 #
 # Each part runs under its own time limit and all of them under DEADLINE seconds (default 3600), so one slow
 # part cannot starve the rest; each writes its log (and its benchmark JSON) into DIR as it finishes. The
-# Triton LIF kernels take tens of seconds to compile per dtype and option set, so a first run of the
-# Triton tests (dozens of option sets) needs minutes even with 8 workers; Triton's cache makes later runs fast.
+# Triton LIF kernels take seconds to compile per dtype and option set (about 1.5 s forward, 5-7 s backward
+# for sm_90), so a first run of the Triton tests (dozens of option sets) needs a few minutes even with 8
+# workers; Triton's cache makes later runs fast.
 # Turn the JSONs into BENCHMARKS.md's tables afterwards, on any machine:
 #   python benchmarks/report.py DIR/lif_gpu.json; python benchmarks/bench_stdp.py DIR/stdp_gpu.json
 #   python benchmarks/bench_model.py DIR/model_gpu.json
