@@ -139,10 +139,10 @@ def _surrogate_grad(h, v_threshold, alpha, SURROGATE: tl.constexpr):
             w = (1.5707963267948966 * alpha) * z
             r = tl.math.rsqrt(tl.fma(w, w, 1.0))
             g = (alpha * 0.5) * r * r
-        elif SURROGATE == 2:  # fast_sigmoid: 1 / (1 + alpha * |z|)^2
-            d = tl.fma(alpha, tl.abs(z), 1.0)
-            r = tl.math.rsqrt(d * d)
-            g = r * r
+        elif SURROGATE == 2:  # fast_sigmoid: 1 / (1 + alpha * |z|)^2 = rsqrt(d)^4 (d * d could overflow)
+            q = tl.math.rsqrt(tl.fma(alpha, tl.abs(z), 1.0))
+            q = q * q
+            g = q * q
         elif SURROGATE == 3:  # piecewise_quadratic: max(0, alpha - alpha^2 * |z|)
             g = tl.maximum(alpha - alpha * alpha * tl.abs(z), 0.0)
         else:  # erf: alpha / sqrt(pi) * exp(-(alpha * z)^2)
