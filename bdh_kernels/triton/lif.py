@@ -276,8 +276,8 @@ def _lif_backward_kernel(
 
         # 1. the segment's membranes recomputed from its checkpoint (no stores in this loop, so the
         #    compiler issues the segment's loads of x ahead of the arithmetic); with gated output the
-        #    sweep needs relu(x_t) too, kept as well (loading x_t again in the sweep would put
-        #    each load behind the previous step's store, which may alias it, a round trip per step)
+        #    sweep needs relu(x_t) too, kept from here: loading x_t again in the sweep would put each
+        #    load behind the previous step's store, which may alias it (a memory round trip per step)
         v = tl.load(v_ckpt_ptr + c.to(tl.int64) * N + n, mask=mask, other=0.0)
         i = tl.zeros([BLOCK_N], dtype=tl.float32)
         if SYN:
