@@ -7,6 +7,7 @@ the tensor's device in :data:`PREFERENCE`; ``BDH_KERNELS_BACKEND`` replaces that
 every call that does not name a backend. Nothing falls back silently: a backend that was asked for and
 cannot run raises an error that says why and how to fix it.
 """
+import importlib.metadata
 import importlib.util
 import logging
 import os
@@ -18,6 +19,7 @@ import torch
 BACKENDS = ("triton", "cuda", "cpp", "reference")
 PREFERENCE = {"cuda": ("triton", "cuda", "reference"), "cpu": ("cpp", "reference")}
 ENV_VAR = "BDH_KERNELS_BACKEND"
+TRITON_MIN_VERSION = (3, 2)  # the kernels hold a segment in tuples of tensors (tl.tuple, new in 3.2)
 
 log = logging.getLogger("bdh_kernels")
 
@@ -33,10 +35,26 @@ def _load_extension() -> Optional[str]:
     return None
 
 
+def _triton_unavailable() -> Optional[str]:
+    """None when a recent enough Triton is installed, else why not (read from its package metadata, so
+    that triton itself is imported only when a triton kernel runs)."""
+    if importlib.util.find_spec("triton") is None:
+        return "Triton is not installed (`pip install triton`)"
+    try:
+        version = importlib.metadata.version("triton")
+    except importlib.metadata.PackageNotFoundError:  # a build under another distribution name
+        return None
+    numbers = tuple(int(part) for part in version.split("+")[0].split(".")[:2] if part.isdigit())
+    if len(numbers) == 2 and numbers < TRITON_MIN_VERSION:
+        return (f"Triton {version} is too old: the triton kernels need Triton >= "
+                f"{'.'.join(map(str, TRITON_MIN_VERSION))} (`pip install -U triton`)")
+    return None
+
+
 # Probed once at import: plain values, so torch.compile traces the checks below without caches.
 _EXTENSION_ERROR = _load_extension()
 _EXTENSION_HAS_CUDA = _EXTENSION_ERROR is None and torch.ops.bdh.built_with_cuda()
-_TRITON_ERROR = None if importlib.util.find_spec("triton") else "Triton is not installed (`pip install triton`)"
+_TRITON_ERROR = _triton_unavailable()
 
 
 def extension_error() -> Optional[str]:

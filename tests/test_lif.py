@@ -1,5 +1,6 @@
 """The public `lif` API: argument checks, backend dispatch, saved memory, gradcheck, torch.compile."""
 import importlib
+import importlib.util
 import math
 
 import numpy as np
@@ -92,6 +93,19 @@ def test_unavailable_backend_says_why():
     if not backends.triton_interpreted():
         with pytest.raises(ValueError, match="triton"):
             bdh_kernels.lif(x_of(), backend="triton")
+
+
+@pytest.mark.parametrize("version, too_old", [("3.1.0", True), ("2.3.1", True), ("3.2.0", False),
+                                               ("3.10.0+git1234", False)])
+def test_an_old_triton_is_unavailable_with_the_version_it_needs(monkeypatch, version, too_old):
+    if importlib.util.find_spec("triton") is None:
+        pytest.skip("triton is not installed")
+    monkeypatch.setattr(backends.importlib.metadata, "version", lambda name: version)
+    reason = backends._triton_unavailable()
+    if too_old:
+        assert f"Triton {version} is too old" in reason and "Triton >= 3.2" in reason
+    else:
+        assert reason is None
 
 
 def test_fp64_only_on_cpp_and_reference():
