@@ -6,8 +6,9 @@ by operation. Runs on CUDA tensors, and on CPU tensors under ``TRITON_INTERPRET=
 
 The work is laid out as the LIF kernels' (:mod:`bdh_kernels.triton.lif`, whose jit functions this module reuses):
 one program owns ``BLOCK_N`` neurons along the flat index ``n = p * Q + q`` and walks time inside the
-kernel, with the input of step t+1 loaded before step t's arithmetic; ``T`` is a runtime argument. Per
-neuron and step (fp32, ``decay = 1 - 1/tau`` rounded to fp32 on the host)::
+kernel in segments of ``SEGMENT`` steps whose loads are all issued before their arithmetic (a step is two
+flops, so one load in flight per thread would leave the scan waiting on memory latency); ``T`` is a
+runtime argument. Per neuron and step (fp32, ``decay = 1 - 1/tau`` rounded to fp32 on the host)::
 
     forward   tr = tr * decay + s_t;  out_t = tr                      (tr starts at trace_init or 0)
     backward  c = c + g_t;  grad_s_t = c;  c = c * decay  (t = T-1 .. 0; c starts at grad_final or 0)
@@ -22,6 +23,8 @@ from ..reference import trace_decay
 from ..stdp import TRACE_BACKWARD_SCHEMA, TRACE_FORWARD_SCHEMA
 from .lif import _device_guard, _f32, _flat_state, _mask_if, _neuron_offsets, _sm_count
 from .lif import check_input
+
+SEGMENT = 8  # steps whose loads are in flight at once: 8 x 16 bytes per thread for fp32
 
 
 # ------------------------------------------------------------------------------------------- kernels
@@ -47,9 +50,11 @@ def _trace_forward_kernel(
     stride_xp, stride_xt, stride_xq,
     decay,
     HAS_INIT: tl.constexpr, BLOCK_N: tl.constexpr, FLAT: tl.constexpr, RNE_BF16: tl.constexpr,
+    SEG: tl.constexpr,
 ):
     """The trace of ``BLOCK_N`` neurons over all ``T`` steps: ``out`` (contiguous ``[P, T, Q]``, x's dtype)
-    and the final trace (fp32)."""
+    and the final trace (fp32). Steps past ``T`` in the last segment load and store nothing and leave the
+    trace as it is."""
     pid = tl.program_id(0)
     n, mask, x_off, out_off = _neuron_offsets(pid, N, Q, T, stride_xp, stride_xq, BLOCK_N, FLAT)
     tr = tl.zeros([BLOCK_N], dtype=tl.float32)
@@ -57,14 +62,16 @@ def _trace_forward_kernel(
         tr = tl.load(init_ptr + n, mask=mask, other=0.0)
     x_ptrs = x_ptr + x_off
     out_ptrs = out_ptr + out_off
-    x_next = tl.load(x_ptrs, mask=mask, other=0.0)
-    for t in range(0, T):
-        s = x_next.to(tl.float32)
-        x_ptrs += stride_xt
-        x_next = tl.load(x_ptrs, mask=_mask_if(mask, t + 1 < T), other=0.0)
-        tr = tr * decay + s
-        tl.store(out_ptrs, _to_output(tr, out_ptr, RNE_BF16), mask=mask)
-        out_ptrs += Q
+    for t0 in range(0, T, SEG):
+        xs = ()
+        for j in tl.static_range(SEG):
+            xs = xs + (tl.load(x_ptrs, mask=_mask_if(mask, t0 + j < T), other=0.0),)
+            x_ptrs += stride_xt
+        for j in tl.static_range(SEG):
+            live = t0 + j < T
+            tr = tl.where(live, tr * decay + xs[j].to(tl.float32), tr)
+            tl.store(out_ptrs, _to_output(tr, out_ptr, RNE_BF16), mask=_mask_if(mask, live))
+            out_ptrs += Q
     tl.store(final_ptr + n, tr, mask=mask)
 
 
@@ -75,9 +82,11 @@ def _trace_backward_kernel(
     stride_gp, stride_gt, stride_gq,
     decay,
     HAS_GRAD_FINAL: tl.constexpr, BLOCK_N: tl.constexpr, FLAT: tl.constexpr, RNE_BF16: tl.constexpr,
+    SEG: tl.constexpr,
 ):
     """The reverse scan of ``BLOCK_N`` neurons: ``grad_x`` (contiguous ``[P, T, Q]``) and the gradient of
-    the initial trace (fp32). ``g`` (the gradient of the traces) has any strides."""
+    the initial trace (fp32). ``g`` (the gradient of the traces) has any strides. Segments run from the
+    end, the first segment's steps before 0 masked."""
     pid = tl.program_id(0)
     n, mask, g_off, gx_off = _neuron_offsets(pid, N, Q, T, stride_gp, stride_gq, BLOCK_N, FLAT)
     c = tl.zeros([BLOCK_N], dtype=tl.float32)
@@ -86,15 +95,17 @@ def _trace_backward_kernel(
     t_last = (T - 1).to(tl.int64)
     g_ptrs = g_ptr + g_off + t_last * stride_gt
     gx_ptrs = grad_x_ptr + gx_off + t_last * Q
-    g_next = tl.load(g_ptrs, mask=mask, other=0.0)
-    for t in range(0, T):
-        g = g_next.to(tl.float32)
-        g_ptrs -= stride_gt
-        g_next = tl.load(g_ptrs, mask=_mask_if(mask, t + 1 < T), other=0.0)
-        c = c + g
-        tl.store(gx_ptrs, _to_output(c, grad_x_ptr, RNE_BF16), mask=mask)
-        gx_ptrs -= Q
-        c = c * decay
+    for t0 in range(0, T, SEG):  # t0 counts steps from the end: step T-1-t0-j below
+        gs = ()
+        for j in tl.static_range(SEG):
+            gs = gs + (tl.load(g_ptrs, mask=_mask_if(mask, t0 + j < T), other=0.0),)
+            g_ptrs -= stride_gt
+        for j in tl.static_range(SEG):
+            live = t0 + j < T
+            c_t = c + gs[j].to(tl.float32)
+            tl.store(gx_ptrs, _to_output(c_t, grad_x_ptr, RNE_BF16), mask=_mask_if(mask, live))
+            gx_ptrs -= Q
+            c = tl.where(live, c_t * decay, c)
     tl.store(grad_init_ptr + n, c, mask=mask)
 
 
@@ -102,8 +113,8 @@ def _trace_backward_kernel(
 def _launch_config(num_neurons: int, device: torch.device):
     """``(BLOCK_N, num_warps)`` for ``num_neurons`` neurons.
 
-    The scan is a latency-bound chain per neuron, so the goal is to have every neuron resident at once:
-    blocks of 512 neurons on 4 warps (4 per thread: 16-byte vector accesses for fp32 when the q-stride
+    The scan is a latency-bound chain per neuron, so the goal is to have every neuron resident at once
+    (each with a segment of loads in flight): blocks of 512 neurons on 4 warps (4 per thread: 16-byte vector accesses for fp32 when the q-stride
     is 1) once there are enough neurons for two such blocks per SM, smaller blocks below that so that all
     SMs get work. Under the interpreter each program is a Python loop over T, so fewer, larger programs
     are faster; 64 still leaves several programs in the tests.
@@ -139,7 +150,7 @@ def _scan(kernel, x, state, has_state_flag, tau, name):
             x.stride(0), x.stride(1), x.stride(2),
             _f32(trace_decay(tau)),
             **{has_state_flag: state is not None}, BLOCK_N=block, FLAT=P == 1,
-            RNE_BF16=x.dtype == torch.bfloat16 and not x.is_cuda,
+            RNE_BF16=x.dtype == torch.bfloat16 and not x.is_cuda, SEG=SEGMENT,
             num_warps=num_warps, enable_fp_fusion=False,
         )
     return out, final
