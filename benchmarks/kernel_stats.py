@@ -16,7 +16,6 @@ import collections
 import os
 import re
 import subprocess
-import sys
 import tempfile
 import time
 
@@ -155,4 +154,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(0 if main() else 1)
+    main()

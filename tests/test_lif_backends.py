@@ -144,14 +144,13 @@ def test_surrogates(backend, surrogate, v_reset):
 @pytest.mark.parametrize("surrogate", ["sigmoid", "atan", "fast_sigmoid", "erf"])
 def test_surrogates_on_inputs_of_every_magnitude(backend, surrogate):
     """Inputs from 1 to 1e18 put membranes far from threshold, where the surrogates' exponentials and
-    squares underflow or overflow (the triton backward takes reciprocals as rsqrt of a square): the
-    gradients stay finite and equal the reference's. Soft reset, so that large membranes persist."""
+    squares underflow or overflow (the triton backward takes reciprocals as rsqrt): the gradients equal
+    the reference's, so they are finite too (an inf or NaN makes the relative error inf or NaN, which
+    fails the comparison). Soft reset, so that large membranes persist."""
     gen = torch.Generator().manual_seed(5)
     magnitude = 10.0 ** torch.randint(0, 19, (40, 17), generator=gen, dtype=torch.float64)
     x = (make_input((40, 17), dtype=torch.float64, seed=5) * magnitude).float()
     check_against_reference(backend, x, surrogate=surrogate, v_reset=None, return_state=True)
-    _, _, grads = run(backend, x.to(BACKEND_DEVICE[backend]), surrogate=surrogate, v_reset=None)
-    assert torch.isfinite(grads["x"]).all()
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])

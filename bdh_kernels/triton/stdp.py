@@ -114,9 +114,9 @@ def _launch_config(num_neurons: int, device: torch.device):
     """``(BLOCK_N, num_warps)`` for ``num_neurons`` neurons.
 
     The scan is a latency-bound chain per neuron, so the goal is to have every neuron resident at once
-    (each with a segment of loads in flight): blocks of 512 neurons on 4 warps (4 per thread: 16-byte vector accesses for fp32 when the q-stride
-    is 1) once there are enough neurons for two such blocks per SM, smaller blocks below that so that all
-    SMs get work. Under the interpreter each program is a Python loop over T, so fewer, larger programs
+    (each with a segment of loads in flight): blocks of 512 neurons on 4 warps (4 per thread: 16-byte
+    vector accesses for fp32 when the q-stride is 1) once there are enough neurons for two such blocks
+    per SM, smaller blocks below that so that all SMs get work. Under the interpreter each program is a Python loop over T, so fewer, larger programs
     are faster; 64 still leaves several programs in the tests.
     """
     if device.type != "cuda":
