@@ -81,10 +81,19 @@ def triton_interpreted() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
+def check_name(backend: Optional[str], source: str = "backend") -> None:
+    """A backend argument must name a backend (or be None: automatic)."""
+    if backend is not None and backend not in BACKENDS:
+        raise ValueError(f"{source} must be one of {BACKENDS} or None, got {backend!r}")
+
+
 def unavailable_reason(backend: str, device: torch.device) -> Optional[str]:
     """Why ``backend`` cannot run on ``device`` now, or None when it can."""
     if backend == "reference":
         return None
+    check_name(backend)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        return "CUDA is not available here (torch.cuda.is_available() is False)"
     if backend == "cpp":
         if device.type != "cpu":
             return f"the cpp backend runs on CPU tensors, got a {device.type} tensor (use cuda or triton)"
@@ -109,7 +118,6 @@ def unavailable_reason(backend: str, device: torch.device) -> Optional[str]:
             f"the triton backend runs on CUDA tensors (or on CPU tensors with TRITON_INTERPRET=1 set "
             f"before triton is imported), got a {device.type} tensor"
         )
-    raise ValueError(f"backend must be one of {BACKENDS} or None, got {backend!r}")
 
 
 def available_backends(device="cpu") -> List[str]:
@@ -133,8 +141,7 @@ def select(op: str, device: torch.device, requested: Optional[str]) -> str:
         choice = next(b for b in PREFERENCE.get(device.type, ("reference",))
                       if unavailable_reason(b, device) is None)
     else:
-        if requested not in BACKENDS:
-            raise ValueError(f"{source} must be one of {BACKENDS} or None, got {requested!r}")
+        check_name(requested, source)
         reason = unavailable_reason(requested, device)
         if reason:
             raise ValueError(f"{source}={requested!r} is unavailable for {op}: {reason}")

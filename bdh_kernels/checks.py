@@ -2,6 +2,9 @@
 import math
 import numbers
 
+import torch
+import torch.autograd.forward_ad as forward_ad
+
 
 def check_number(name, value, *, low=None, low_inclusive=False, optional=False):
     """``value`` as a float: a finite real (numpy scalars too, never a bool), above ``low`` when given
@@ -9,17 +12,33 @@ def check_number(name, value, *, low=None, low_inclusive=False, optional=False):
     if value is None and optional:
         return None
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{name} must be a float{' or None' if optional else ''}, got {type(value).__name__}")
-    if not math.isfinite(value):
+        raise TypeError(f"{name} must be a float{' or None' if optional else ''}, got {_type_name(value)}")
+    value = float(value)
+    # a comparison, not math.isfinite: under torch.compile(dynamic=True) value may be a SymFloat, which
+    # math.isfinite cannot trace (NaN compares False too)
+    if not abs(value) < math.inf:
         raise ValueError(f"{name} must be finite, got {value}")
     if low is not None and (value < low or (value == low and not low_inclusive)):
         raise ValueError(f"{name} must be {'>=' if low_inclusive else '>'} {low}, got {value}")
-    return float(value)
+    return value
+
+
+def _type_name(value):
+    """``float``, ``numpy.bool``: builtins by name, other types with their module (a numpy bool is no bool)."""
+    kind = type(value)
+    return kind.__qualname__ if kind.__module__ == "builtins" else f"{kind.__module__}.{kind.__qualname__}"
 
 
 def check_bool(name, value):
     if not isinstance(value, bool):
-        raise TypeError(f"{name} must be a bool, got {type(value).__name__}")
+        raise TypeError(f"{name} must be a bool (True or False), got {_type_name(value)}")
+
+
+def check_int(name, value):
+    """``value`` as an int (numpy integers too, never a bool)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an int, got {_type_name(value)}")
+    return int(value)
 
 
 def check_step_mode(step_mode):
@@ -33,3 +52,16 @@ def check_weight_bounds(w_min, w_max):
     if not w_min < w_max:
         raise ValueError(f"w_min must be < w_max, got w_min={w_min}, w_max={w_max}")
     return w_min, w_max
+
+
+def reject_forward_ad(op, backend, *tensors, reference_has_it=False):
+    """Refuse forward-mode AD (``torch.func.jvp``/``jacfwd``, dual tensors) through a compiled backend's
+    custom ops: they have no forward formula, and PyTorch would give their outputs no tangent (silently
+    zero) instead of an error."""
+    if torch.compiler.is_compiling():
+        return
+    if any(t is not None and forward_ad.unpack_dual(t).tangent is not None for t in tensors):
+        raise NotImplementedError(
+            f"{op}: forward-mode AD (torch.func.jvp / jacfwd, forward_ad dual tensors) is not supported by the "
+            f"{backend} backend; use reverse mode (backward, torch.func.grad / jacrev)"
+            + (" or backend='reference'" if reference_has_it else ""))

@@ -2,9 +2,11 @@
 
 Kernel contract (shared by the C++, CUDA and Triton backends; ``reference.lif`` is the ground truth)
 ---------------------------------------------------------------------------------------------------
-The Python wrapper views the input as ``x3 = [P, T, Q]``: P = product of the dims before time, Q = product
-of the dims after (any strides; a layout that cannot be viewed so is copied once). When Q == 1 and P > 1
-it relabels the view as ``[1, T, P]`` so the neuron stride is the small one. Neuron ``n = p * Q + q``.
+The Python wrapper views the input as ``x3 = [P, T, Q]`` (:func:`bdh_kernels.layout.as_ptq`): P = product
+of the dims before time, Q = product of the dims after, in x's dim order or, when that is no view of x,
+with the neuron dims in memory order (any strides; only an overlapping or expanded input is copied, once).
+When Q == 1 and P > 1 it relabels the view as ``[1, T, P]`` so the neuron stride is the small one. Neuron
+``n = p * Q + q``.
 
 ``lif_forward(x3, v_init, i_init, tau_mem, v_threshold, v_reset, decay_input, tau_syn, gated, surrogate,
 alpha, detach_reset) -> (out, v_final, i_final, v_ckpt, i_ckpt)``
@@ -32,14 +34,13 @@ from later steps, both starting from grad_v / grad_i of the final state)::
 
 and at the end ``grad_v_init = gv``, ``grad_i_init = gi``.
 """
-import math
-import numbers
 from typing import NamedTuple, Optional
 
 import torch
 
 from . import backends, reference
-from .checks import check_bool, check_number
+from .checks import check_bool, check_int, check_number, reject_forward_ad
+from .layout import as_ptq
 from .surrogate import resolve as resolve_surrogate
 
 CHECKPOINT_EVERY = 32
@@ -84,7 +85,7 @@ def _forward_fake(x, v_init, i_init, tau_mem, v_threshold, v_reset, decay_input,
         x.new_empty((p * q,), dtype=sd),
         x.new_empty((m_syn,), dtype=sd),
         x.new_empty((num_checkpoints(t), p * q), dtype=sd),
-        x.new_empty((num_checkpoints(t) if m_syn else 0, m_syn), dtype=sd),
+        x.new_empty((num_checkpoints(t) if tau_syn is not None else 0, m_syn), dtype=sd),
     )
 
 
@@ -149,11 +150,10 @@ def check_neuron(tau_mem, v_threshold, v_reset, decay_input, tau_syn, surrogate,
 
 def _check_time_dim(time_dim, x, name, exclude_last=False):
     """``time_dim`` as a non-negative int for ``x`` (any int type, numpy's too; negative counts from the end)."""
-    if isinstance(time_dim, bool) or not isinstance(time_dim, numbers.Integral):
-        raise TypeError(f"time_dim must be an int, got {type(time_dim).__name__}")
+    time_dim = check_int("time_dim", time_dim)
     if not -x.dim() <= time_dim < x.dim():
         raise ValueError(f"time_dim={time_dim} is out of range for {name} with {x.dim()} dims")
-    time_dim = int(time_dim) % x.dim()
+    time_dim %= x.dim()
     if exclude_last and time_dim == x.dim() - 1:
         raise ValueError(f"time_dim={time_dim} is the last dim of {name}, which holds the neurons (features); "
                          "put time on another dim")
@@ -176,26 +176,6 @@ def _check_state(name, state, x, time_dim, xname="x"):
                          f"got {tuple(state.shape)}")
     if state.device != x.device:
         raise ValueError(f"{name} is on {state.device} but {xname} is on {x.device}")
-
-
-# ------------------------------------------------------------------------------------------ layouts
-def _as_ptq(x: torch.Tensor, time_dim: int):
-    """View x as [P, T, Q] (time in the middle) without copying when its strides allow.
-
-    Returns ``(x3, swapped)``; ``swapped`` says the view was relabelled ``[1, T, P]``.
-    """
-    p = math.prod(x.shape[:time_dim])
-    q = math.prod(x.shape[time_dim + 1:])
-    try:
-        x3 = x.view(p, x.shape[time_dim], q)
-    except RuntimeError:
-        x3 = x.reshape(p, x.shape[time_dim], q)
-    swapped = q == 1 and p > 1  # neurons all before time: make them the inner dim, neighbours close
-    return (x3.permute(2, 1, 0) if swapped else x3), swapped
-
-
-def _from_ptq(out3: torch.Tensor, shape, swapped: bool) -> torch.Tensor:
-    return (out3.permute(2, 1, 0) if swapped else out3).view(shape)
 
 
 # ----------------------------------------------------------------------------------------- public op
@@ -284,16 +264,16 @@ def lif(
         out, v, i = reference.lif(x, tau_mem, v_threshold, v_reset, decay_input, tau_syn, code, alpha,
                                   detach_reset, time_dim, v_init, i_init, gated)
     else:
+        reject_forward_ad("lif", choice, x, v_init, i_init)
         sd = state_dtype(x.dtype)
-        flat = [None if s is None else s.to(sd).reshape(-1).contiguous() for s in (v_init, i_init)]
         forward_op, _ = _ops(choice)
-        x3, swapped = _as_ptq(x, time_dim)
+        x3, layout = as_ptq(x, time_dim)
+        flat = [None if s is None else layout.flat_state(s.to(sd)) for s in (v_init, i_init)]
         out3, v, i, _, _ = forward_op(x3, flat[0], flat[1], tau_mem, v_threshold, v_reset,
                                       decay_input, tau_syn, gated, code, alpha, detach_reset)
-        state_shape = x.shape[:time_dim] + x.shape[time_dim + 1:]
-        out = _from_ptq(out3, x.shape, swapped)
-        v = v.view(state_shape)
-        i = i.view(state_shape) if tau_syn is not None else None
+        out = layout.output(out3)
+        v = layout.state(v)
+        i = layout.state(i) if tau_syn is not None else None
     return (out, LIFState(v, i)) if return_state else out
 
 

@@ -6,7 +6,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import backends
-from .checks import check_bool, check_number, check_step_mode, check_weight_bounds
+from .checks import check_bool, check_int, check_number, check_step_mode, check_weight_bounds
 from .lif import check_neuron, lif
 from .stdp import STDPState, _check_tau, _spike_driven, _weight_change, stdp_traces, stdp_update
 
@@ -48,6 +48,8 @@ class LIF(nn.Module):
         check_bool("stateful", stateful)
         # checked now rather than at the first forward
         check_neuron(tau_mem, v_threshold, v_reset, decay_input, tau_syn, surrogate, alpha, detach_reset, output)
+        check_int("time_dim", time_dim)
+        backends.check_name(backend)
         self.params = dict(tau_mem=tau_mem, v_threshold=v_threshold, v_reset=v_reset,
                            decay_input=decay_input, tau_syn=tau_syn, surrogate=surrogate, alpha=alpha,
                            detach_reset=detach_reset, output=output, backend=backend)
@@ -60,6 +62,8 @@ class LIF(nn.Module):
         self.v = self.i = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not isinstance(x, torch.Tensor):  # before x.unsqueeze below
+            raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
         single = self.step_mode == "s"
         keep = single or self.stateful
         x_seq, time_dim = (x.unsqueeze(0), 0) if single else (x, self.time_dim)
@@ -139,6 +143,8 @@ class STDPLearner(nn.Module):
         # validate the parameters now rather than at the first compute
         _check_tau("tau_pre", tau_pre)
         _check_tau("tau_post", tau_post)
+        check_int("time_dim", time_dim)
+        backends.check_name(backend)
         self.params = dict(tau_pre=tau_pre, tau_post=tau_post, a_plus=check_number("a_plus", a_plus),
                            a_minus=check_number("a_minus", a_minus), backend=backend)
         self.w_min, self.w_max = (None, None) if w_min is None else check_weight_bounds(w_min, w_max)

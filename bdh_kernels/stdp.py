@@ -2,8 +2,9 @@
 
 Kernel contract (shared by the C++, CUDA and Triton backends; ``reference.stdp_traces`` is the ground truth)
 ----------------------------------------------------------------------------------------------------------
-The wrapper views the spikes as ``[P, T, Q]`` exactly as :mod:`bdh_kernels.lif` does (``_as_ptq``: any
-strides, a copy only when no such view exists, ``[1, T, P]`` when Q == 1). Neuron ``n = p * Q + q``.
+The wrapper views the spikes as ``[P, T, Q]`` exactly as :mod:`bdh_kernels.lif` does
+(:func:`bdh_kernels.layout.as_ptq`: any strides, a copy only for overlapping or expanded spikes, ``[1, T, P]``
+when Q == 1). Neuron ``n = p * Q + q``.
 
 ``stdp_trace_forward(spikes, trace_init, tau) -> (traces, trace_final)``
 
@@ -40,8 +41,9 @@ from typing import NamedTuple, Optional
 import torch
 
 from . import backends, reference
-from .checks import check_bool, check_number, check_weight_bounds
-from .lif import FLOAT_DTYPES, _as_ptq, _check_state, _check_time_dim, _from_ptq, state_dtype
+from .checks import check_bool, check_number, check_weight_bounds, reject_forward_ad
+from .layout import as_ptq
+from .lif import FLOAT_DTYPES, _check_state, _check_time_dim, state_dtype
 
 TRACE_FORWARD_SCHEMA = "(Tensor spikes, Tensor? trace_init, float tau) -> (Tensor, Tensor)"
 TRACE_BACKWARD_SCHEMA = "(Tensor grad_traces, Tensor? grad_final, float tau) -> (Tensor, Tensor)"
@@ -117,13 +119,13 @@ def _traces(spikes, tau, time_dim, trace_init, choice):
         return reference.stdp_traces(spikes, tau, time_dim, trace_init)
     if spikes.dtype == torch.float64 and choice != "cpp":
         raise ValueError(f"backend={choice!r} supports fp16/bf16/fp32 spikes; fp64 runs on cpp and reference")
+    reject_forward_ad("stdp_traces", choice, spikes, trace_init, reference_has_it=True)
     sd = state_dtype(spikes.dtype)
-    init = None if trace_init is None else trace_init.to(sd).reshape(-1).contiguous()
     forward_op, _ = _ops(choice)
-    x3, swapped = _as_ptq(spikes, time_dim)
+    x3, layout = as_ptq(spikes, time_dim)
+    init = None if trace_init is None else layout.flat_state(trace_init.to(sd))
     out3, final = forward_op(x3, init, tau)
-    state_shape = spikes.shape[:time_dim] + spikes.shape[time_dim + 1:]
-    return _from_ptq(out3, spikes.shape, swapped), final.view(state_shape)
+    return layout.output(out3), layout.state(final)
 
 
 def stdp_traces(
@@ -206,10 +208,11 @@ def stdp_update(
 
     The sums over t and b are two matrix products over all ``T*B`` rows: no ``[B, Nout, Nin]`` tensor is
     ever built, so the extra memory is the two traces (``T*B*(Nin+Nout)`` elements) and the ``[Nout, Nin]``
-    result (plus one more ``[Nout, Nin]`` with soft bounds). For fp32 on the cpp backend each product adds
-    up only the rows where its spike factor is nonzero (module docstring: ``spike_matmul``), so a zero spike
-    never multiplies its trace (a non-finite trace there does not reach ``dW``); otherwise they are
-    ``torch.mm`` / ``torch.addmm``.
+    result (plus one more ``[Nout, Nin]`` with soft bounds). For fp32 on the cpp backend a product whose
+    spike factor is at most 25% nonzero adds up only the rows where it is nonzero (module docstring:
+    ``spike_matmul``); otherwise the products are ``torch.mm`` / ``torch.addmm``. With finite traces the
+    two agree; a non-finite trace reaches ``dW`` through a GEMM even where its spike is 0 (0 * inf is NaN),
+    but not through ``spike_matmul``, so non-finite traces give backend- and density-dependent results.
 
     This equals SpikingJelly's ``functional.learning.stdp_linear_step(pre[t], post[t], trace, W, tau_pre,
     tau_post, f_pre, f_post)`` applied step by step with ``W`` fixed and its ``delta_w`` summed over the

@@ -6,9 +6,11 @@ import math
 import numpy as np
 import pytest
 import torch
+import torch.autograd.forward_ad as forward_ad
 
 import bdh_kernels
 from bdh_kernels import backends
+from bdh_kernels.nn import LIF
 from kernel_cases import run_with_isa, same_output_on_every_isa
 
 lif_module = importlib.import_module("bdh_kernels.lif")
@@ -70,6 +72,8 @@ def test_numpy_scalars_are_numbers():
     assert torch.equal(got, expected)
     with pytest.raises(TypeError, match="tau_mem must be a float"):
         bdh_kernels.lif(x, tau_mem=np.bool_(True))
+    with pytest.raises(TypeError, match=r"decay_input must be a bool \(True or False\), got numpy\.bool"):
+        bdh_kernels.lif(x, decay_input=np.bool_(True))
 
 
 def test_empty_time_dim():
@@ -119,6 +123,9 @@ def test_available_backends_lists_what_runs():
     cpu = bdh_kernels.available_backends("cpu")
     assert cpu[0] == ("cpp" if HAS_CPP else "reference") and "reference" in cpu
     assert ("cpp" in cpu) == HAS_CPP
+    if not torch.cuda.is_available():
+        assert bdh_kernels.available_backends("cuda") == ["reference"]
+        assert "CUDA is not available" in backends.unavailable_reason("triton", torch.device("cuda"))
 
 
 def test_environment_variable_picks_the_backend(monkeypatch):
@@ -164,16 +171,47 @@ def saved_bytes_beyond_input(fn, x):
     return sum(saved.values())
 
 
+# layouts of a [T=128, 4 * 33 neurons] input that x's own dim order cannot view as [P, T, Q]; in memory
+# order they can, so nothing is copied: batch-first transposed to time-first, and a 4-dim permutation
+LAYOUTS = {
+    "time_first": lambda x: x,
+    "batch_first_transposed": lambda x: x.transpose(0, 1).contiguous().transpose(0, 1),
+    "permuted_4d": lambda x: x.view(128, 4, 3, 11).permute(2, 0, 3, 1).contiguous().permute(1, 3, 0, 2),
+}
+
+
 @pytest.mark.parametrize("backend", FAST_CPU)
-@pytest.mark.parametrize("kwargs", [{}, {"tau_syn": 3.0}, {"output": "gated"}, {"time_dim": 2}],
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("kwargs", [{}, {"tau_syn": 3.0}, {"output": "gated"}, {"time_dim": -1}],
                          ids=["plain", "tau_syn", "gated", "time_last"])
-def test_saves_at_most_one_byte_per_neuron_step(backend, kwargs):
+def test_saves_at_most_one_byte_per_neuron_step(backend, layout, kwargs):
     t, b, n = 128, 4, 33
-    shape = (b, n, t) if kwargs.get("time_dim") == 2 else (t, b, n)
-    x = x_of(shape, seed=1).requires_grad_(True)
+    x = LAYOUTS[layout](x_of((t, b, n), seed=1))
+    if "time_dim" in kwargs:
+        x = x.movedim(0, -1)
+        kwargs = {**kwargs, "time_dim": x.dim() - 1}
+    x = x.detach().requires_grad_(True)
     nbytes = saved_bytes_beyond_input(lambda x: bdh_kernels.lif(x, backend=backend, **kwargs), x)
     per_step = nbytes / (t * b * n)
     assert 0 < per_step <= 1.0, f"{per_step:.3f} bytes per neuron-step saved beyond the input"
+
+
+@pytest.mark.parametrize("backend", FAST_CPU)
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_every_layout_gives_the_reference_results(backend, layout):
+    """Outputs, final state and gradients (of x and v_init) in any layout equal the reference's."""
+    x = LAYOUTS[layout](x_of((128, 4, 33), seed=2)).detach()
+    v0 = torch.rand(x.shape[1:]).transpose(0, -1).contiguous().transpose(0, -1)  # a state in another layout
+    grad_out = torch.randn(x.shape, generator=torch.Generator().manual_seed(3))
+    results = []
+    for b in (backend, "reference"):
+        xb, vb = x.clone().requires_grad_(True), v0.clone().requires_grad_(True)
+        xb = LAYOUTS[layout](xb.contiguous())  # the same layout, as a leaf's view
+        out, state = bdh_kernels.lif(xb, v_init=vb, tau_syn=2.0, return_state=True, backend=b)
+        grads = torch.autograd.grad((out * grad_out).sum() + state.v.sum(), (xb, vb))
+        results.append((out, state.v, state.i) + grads)
+    for got, want in zip(*results):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
 
 
 # ------------------------------------------------------------------------------------------ gradcheck
@@ -216,6 +254,30 @@ def test_compile_fullgraph_without_graph_breaks():
 
 @pytest.mark.slow
 @needs_cpp
+@needs_cpp
+def test_compile_dynamic_with_the_parameters_as_symbols():
+    """dynamic=True makes the module's float attributes and lif's default floats symbolic (SymFloat): the
+    argument checks must trace them without a graph break."""
+    model = torch.nn.Sequential(torch.nn.Linear(8, 8), LIF(tau_syn=3.0), torch.nn.Linear(8, 2), LIF())
+    x = x_of((16, 3, 8))
+    compiled = torch.compile(model, dynamic=True, fullgraph=True, backend="aot_eager")
+    torch.testing.assert_close(compiled(x), model(x))
+    plain = torch.compile(lambda x: bdh_kernels.lif(x), dynamic=True, fullgraph=True, backend="aot_eager")
+    torch.testing.assert_close(plain(x), bdh_kernels.lif(x))
+
+
+@pytest.mark.parametrize("backend", FAST_CPU)
+def test_forward_mode_ad_is_refused(backend):
+    """The custom ops have no forward-mode formula, and PyTorch would silently give them zero tangents."""
+    x = x_of((9, 2, 3))
+    with pytest.raises(NotImplementedError, match="lif: forward-mode AD .* not supported by the"):
+        torch.func.jvp(lambda x: bdh_kernels.lif(x, backend=backend), (x,), (torch.ones_like(x),))
+    v0 = torch.zeros(2, 3)
+    with forward_ad.dual_level(), pytest.raises(NotImplementedError, match="forward-mode AD"):
+        bdh_kernels.lif(x, v_init=forward_ad.make_dual(v0, torch.ones_like(v0)), backend=backend)
+    torch.func.vmap(lambda x: bdh_kernels.lif(x, backend=backend), in_dims=1)(x)  # other transforms still run
+
+
 def test_compile_with_inductor():
     def model(x, w):
         return bdh_kernels.lif(x @ w, v_reset=None).sum()

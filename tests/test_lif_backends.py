@@ -231,6 +231,10 @@ def test_no_neurons(backend, tau_syn):
     assert out.shape == x.shape and state.v.shape == (0, 3)
     out.sum().backward()
     assert x.grad.shape == x.shape
+    # the fake kernel's shapes (checkpoint rows too) agree with the kernel's
+    fwd = forward_op(backend)
+    torch.library.opcheck(fwd, (x.detach().view(1, 6, 0), None, None, 2.0, 1.0, 0.0, True, tau_syn, False, 0,
+                                 4.0, False))
 
 
 def test_opcheck(backend):

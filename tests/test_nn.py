@@ -53,10 +53,18 @@ def test_single_step_state_must_fit_the_next_input():
     ({"surrogate": "nope"}, ValueError, "surrogate must be one of"),
     ({"output": "voltage"}, ValueError, "output must be"),
     ({"stateful": 1}, TypeError, "stateful must be a bool"),
+    ({"backend": "numba"}, ValueError, "backend must be one of"),
+    ({"time_dim": "0"}, TypeError, "time_dim must be an int"),
 ])
 def test_bad_parameters_fail_at_construction(kwargs, error, match):
     with pytest.raises(error, match=match):
         LIF(**kwargs)
+
+
+@pytest.mark.parametrize("step_mode", ["m", "s"])
+def test_input_that_is_no_tensor_is_a_type_error(step_mode):
+    with pytest.raises(TypeError, match="x must be a torch.Tensor, got float"):
+        LIF(step_mode=step_mode)(1.0)
 
 
 def test_lif_replaces_an_activation_and_the_network_learns():

@@ -198,6 +198,25 @@ def test_gradcheck_traces(backend, time_dim):
     assert torch.autograd.gradgradcheck(fn, (x, init))
 
 
+@pytest.mark.parametrize("backend", ["reference"] + (["cpp"] if HAS_CPP else []))
+def test_forward_mode_ad_on_the_reference_only(backend):
+    """The scan is linear: its tangent is the scan of the tangent (the reference's autograd gives it).
+    The compiled backends' custom ops have no forward formula and refuse rather than give zero tangents."""
+    x, tangent = spikes((9, 3, 4), graded=True), spikes((9, 3, 4), graded=True, seed=1)
+
+    def scan(s):
+        return bdh_kernels.stdp_traces(s, 3.0, backend=backend)
+
+    if backend == "reference":
+        _, got = torch.func.jvp(scan, (x,), (tangent,))
+        torch.testing.assert_close(got, scan(tangent))
+        return
+    with pytest.raises(NotImplementedError, match="stdp_traces: forward-mode AD .* or backend='reference'"):
+        torch.func.jvp(scan, (x,), (tangent,))
+    with pytest.raises(NotImplementedError, match="forward-mode AD"):
+        torch.func.jacfwd(lambda pre: bdh_kernels.stdp_update(pre, x, backend=backend)[0])(x)
+
+
 def test_traces_backward_saves_nothing():
     saved = []
     x = spikes((40, 3, 8)).requires_grad_(True)
@@ -428,3 +447,7 @@ def test_compile_fullgraph_without_graph_breaks():
     pre, post = spikes((16, 3, 8)), spikes((16, 3, 4), seed=1)
     torch.testing.assert_close(torch.compile(update, fullgraph=True, backend="aot_eager")(pre, post),
                                update(pre, post))
+    # dynamic=True: the default taus and amplitudes become symbols, which the checks must trace
+    default_update = torch.compile(lambda pre, post: bdh_kernels.stdp_update(pre, post)[0], dynamic=True,
+                                   fullgraph=True, backend="aot_eager")
+    torch.testing.assert_close(default_update(pre, post), bdh_kernels.stdp_update(pre, post)[0])

@@ -205,6 +205,10 @@ def test_bad_construction_and_mismatched_recordings():
         STDPLearner(linear, lif, w_min=1.0, w_max=0.0)
     with pytest.raises(ValueError, match="step_mode"):
         STDPLearner(linear, lif, step_mode="x")
+    with pytest.raises(ValueError, match="backend must be one of"):
+        STDPLearner(linear, lif, backend="nope")
+    with pytest.raises(TypeError, match="time_dim must be an int"):
+        STDPLearner(linear, lif, time_dim="x")
     other = LIF()
     learner = STDPLearner(linear, other)
     model(poisson((5, 2, 12), 0.3, 6))
