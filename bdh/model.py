@@ -264,13 +264,52 @@ def check_ids(idx, vocab_size: int) -> None:
             raise ValueError(f"idx must hold byte ids in [0, {vocab_size}), got values from {low} to {high}")
 
 
-def check_state(state, batch: int, n_layer: int) -> None:
-    """A clear error for a State that cannot continue this batch (another model's, or another batch size)."""
+def check_state(state, batch: int, model) -> None:
+    """A clear error for a State that cannot continue this batch on ``model``: another batch size, or
+    another model's State (other layers or neurons, LIF/STDP switches or tau_syn, dtype or device)."""
+    n_layer = model.cfg.model.n_layer
     if not isinstance(state, State) or len(state.layers) != n_layer:
         raise ValueError(f"state must be the State this model returned (n_layer={n_layer}), got {type(state).__name__}")
     kv = state.layers[0].kv
-    if kv is None or kv.shape[0] != batch:
-        raise ValueError(f"state is for a batch of {None if kv is None else kv.shape[0]} texts, idx has {batch}")
+    if not isinstance(kv, torch.Tensor) or kv.dim() != 4 or kv.shape[0] != batch:
+        raise ValueError(f"state is for a batch of {kv.shape[0] if isinstance(kv, torch.Tensor) else None} "
+                         f"texts, idx has {batch}")
+    for i, layer in enumerate(state.layers):
+        for name, got, want in state_fields(layer, model, batch):
+            problem = state_field_problem(got, want, model.lm_head)
+            if problem:
+                raise ValueError(f"state does not fit this model: layer {i}'s {name} {problem} (a State of "
+                                 "another model or configuration?)")
+
+
+def state_fields(layer: LayerState, model, batch: int):
+    """(name, the layer state's tensor or None, the shape this model gives it or None when it has none)."""
+    cfg, n = model.cfg, model.n_neurons
+    neurons = (batch, cfg.model.n_head, n)
+    lif_on, syn = cfg.lif.enabled, cfg.lif.tau_syn is not None
+    fields = [("kv", layer.kv, (batch, cfg.model.n_head, n, cfg.model.n_embd)),
+              ("trace", layer.trace, neurons if cfg.stdp.enabled else None)]
+    for name in ("x_neurons", "y_neurons"):
+        lif_state = getattr(layer, name)
+        if lif_state is None or not lif_on:
+            fields.append((name, lif_state, neurons if lif_on else None))
+        else:
+            fields += [(f"{name}.v", lif_state.v, neurons), (f"{name}.i", lif_state.i, neurons if syn else None)]
+    return fields
+
+
+def state_field_problem(got, want, like: torch.Tensor) -> Optional[str]:
+    """Why a state tensor does not fit (its expected shape ``want``, None: absent), or None. States are
+    in the dtype the model computes them in: fp32, fp64 for a fp64 model; on the model's device."""
+    if want is None:
+        return None if got is None else "is set, but this model keeps none"
+    if not isinstance(got, torch.Tensor):
+        return f"is {type(got).__name__}, but this model keeps a tensor of shape {want}"
+    dtype = torch.promote_types(like.dtype, torch.float32)
+    if tuple(got.shape) != want or got.dtype != dtype or got.device != like.device:
+        return (f"is {tuple(got.shape)} {got.dtype} on {got.device}, this model's is {want} {dtype} on "
+                f"{like.device}")
+    return None
 
 
 class Hatching(nn.Module):
@@ -296,7 +335,7 @@ class Hatching(nn.Module):
         check_ids(idx, self.cfg.model.vocab_size)
         b, t = idx.shape
         if state is not None:
-            check_state(state, b, self.cfg.model.n_layer)
+            check_state(state, b, self)
         start = 0 if state is None else state.position
         phase = rope_phases(t, self.n_neurons, idx.device, start=start)
         x = layer_norm(self.embed(idx)).unsqueeze(1)                # [B, 1, T, D]

@@ -248,3 +248,23 @@ def test_state_of_another_batch_is_refused():
         model(torch.randint(1, 256, (3, 1)), state=state)
     with pytest.raises(ValueError, match="state must be the State"):
         model(torch.randint(1, 256, (2, 1)), state=state._replace(layers=state.layers[:1]))
+
+
+@pytest.mark.parametrize("source, target, match", [
+    ("relu", "default", r"layer 0's x_neurons is NoneType, but this model keeps a tensor"),
+    ("default", "relu", r"layer 0's x_neurons is set, but this model keeps none"),
+    ("no_stdp", "default", r"layer 0's trace is NoneType"),
+    ("default", "tau_syn", r"layer 0's x_neurons.i is NoneType"),
+    ("default", "wide", r"layer 0's kv is \(2, 2, 64, 32\) torch.float32 on cpu, this model's is \(2, 2, 64, 16\)"),
+    ("double", "default", r"layer 0's kv is \(2, 2, 64, 32\) torch.float64 on cpu, this model's is .* torch.float32"),
+])
+def test_state_of_another_model_is_refused(source, target, match):
+    """A State continues only the kind of model that made it: otherwise a clear error, not membranes that
+    silently restart from rest or a shape error deep inside the layer."""
+    variants = {**VARIANTS, "wide": ("model.n_embd=16", "model.mlp_internal_dim_multiplier=8"), "double": ()}
+    source_model = small_model(*variants[source]).eval()
+    if source == "double":
+        source_model = source_model.double()
+    state = source_model(torch.randint(1, 256, (2, 5)), return_state=True).state
+    with pytest.raises(ValueError, match=match):
+        small_model(*variants[target]).eval()(torch.randint(1, 256, (2, 1)), state=state)

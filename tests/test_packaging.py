@@ -1,5 +1,6 @@
 """The source distribution holds what building a wheel from it needs: the build backend named in
-pyproject.toml, every C++/CUDA source and header, and the packages' data files."""
+pyproject.toml, every C++/CUDA source and header, and the packages' data files; and the tests and
+benchmarks whole, so that they run from it."""
 import os
 import subprocess
 import sys
@@ -10,6 +11,12 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def tracked(folder):
     return {f"{folder}/{name}" for name in os.listdir(os.path.join(ROOT, folder))}
+
+
+def tree(folder):
+    """Every file under folder (compiled Python aside), as paths from the repository's root."""
+    return {os.path.relpath(os.path.join(d, f), ROOT) for d, _, names in os.walk(os.path.join(ROOT, folder))
+            for f in names if "__pycache__" not in d and not f.endswith(".pyc")}
 
 
 def test_the_sdist_can_build_a_wheel(tmp_path):
@@ -25,3 +32,4 @@ def test_the_sdist_can_build_a_wheel(tmp_path):
     assert tracked("bdh/configs") <= files
     assert "bdh/data/starter/manifest.json" in files
     assert any(f.startswith("bdh/data/starter/") and f.endswith(".jsonl.gz") for f in files)
+    assert tree("tests") <= files and tree("benchmarks") <= files
