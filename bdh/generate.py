@@ -1,20 +1,26 @@
 """Sample from a Hatching checkpoint: ``python -m bdh.generate --checkpoint PATH --prompt "User: ..."``.
 
-The prompt goes through the model once, as one chunk that returns the model's recurrent
-:class:`bdh.model.State` (LIF membranes, STDP traces, the attention's running key-value sum); each new
-byte is then one forward of that single byte from the state. Nothing grows with the context, so the
-time per new byte is the same at context 64 and 1024 (benchmarks/bench_model.py checks the ratio),
-and the logits equal those of recomputing the whole context (tests/test_generate.py).
+The prompt goes through the model in chunks of ``PROMPT_CHUNK`` bytes, each forward starting from the
+recurrent :class:`bdh.model.State` the one before returned (LIF membranes, STDP traces, the attention's
+running key-value sum): attention within one forward is quadratic in its length, so a long prompt in
+one piece would cost memory and time quadratic in its length, while chunks give the same logits
+(:func:`prefill`). Each new byte is then one forward of that single byte from the state. Nothing grows
+with the context, so the time per new byte is the same at context 64 and 1024
+(benchmarks/bench_model.py checks the ratio), and the logits equal those of recomputing the whole
+context (tests/test_generate.py).
 :func:`generate_batch` answers several prompts together: each is run alone, their states are stacked
 (each text keeps its own position), and the batch then writes one byte per step (bdh.evaluate uses it).
 
-Sampling: ``temperature`` 0 is greedy (argmax, no randomness); otherwise bytes are drawn from
-softmax(logits / temperature) restricted to the ``top_k`` most likely (all 256 when None), with a
-seeded generator. Generation stops after the EOS byte (0, which ends every training target) or after
-``max_new_tokens`` bytes; the CLI streams the text to stdout as it is written.
+Sampling: ``temperature`` 0 is greedy (argmax, no randomness); otherwise (a finite temperature) bytes
+are drawn from softmax(logits / temperature) restricted to the ``top_k`` most likely (all 256 when
+None), with a seeded generator; the softmax is taken in float64 after subtracting the largest logit,
+so that a tiny temperature gives a near-greedy draw, not an overflow. Generation stops after the EOS
+byte (0, which ends every training target) or after ``max_new_tokens`` bytes; the CLI streams the
+text to stdout as it is written.
 """
 import argparse
 import codecs
+import math
 import os
 import sys
 from typing import Iterator, List, Optional, Sequence
@@ -25,12 +31,16 @@ from bdh.checkpoint import CheckpointError, load_model, resolve_device
 from bdh.data import EOS, VOCAB_SIZE, decode
 from bdh.model import stack_states
 
+# Prompt bytes per forward when a prompt is fed to the model (see the module docstring).
+PROMPT_CHUNK = 512
+
 
 def next_bytes(logits: torch.Tensor, temperature: float, top_k: Optional[int], generator) -> torch.Tensor:
     """[B] byte ids from the [B, 256] logits of each text's last position (see the module docstring)."""
     if temperature == 0:
         return logits.argmax(-1)
-    logits = logits.float() / temperature
+    logits = logits.double()
+    logits = (logits - logits.max(-1, keepdim=True).values) / temperature  # the largest is 0, never inf
     if top_k is not None and top_k < logits.shape[-1]:
         kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]
         logits = logits.masked_fill(logits < kth, -float("inf"))
@@ -52,10 +62,21 @@ def sampling_generator(device, temperature: float, seed: Optional[int]):
 def check_sampling(max_new_tokens: int, temperature: float, top_k: Optional[int]) -> None:
     if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 0:
         raise ValueError(f"max_new_tokens must be an int >= 0, got {max_new_tokens!r}")
-    if not temperature >= 0:  # also refuses NaN
-        raise ValueError(f"temperature must be >= 0 (0: greedy), got {temperature}")
+    if not (temperature >= 0 and math.isfinite(temperature)):  # also refuses NaN
+        raise ValueError(f"temperature must be a finite number >= 0 (0: greedy), got {temperature}")
     if top_k is not None and not 1 <= top_k <= VOCAB_SIZE:
         raise ValueError(f"top_k must be in 1..{VOCAB_SIZE} (or None for all), got {top_k}")
+
+
+def prefill(model, prompt: bytes, device) -> tuple:
+    """(logits [1, 256] after the prompt's last byte, the State after it): the prompt fed PROMPT_CHUNK
+    bytes per forward, each from the State the one before returned."""
+    ids = torch.tensor([list(prompt)], device=device)
+    state = None
+    for start in range(0, ids.shape[1], PROMPT_CHUNK):
+        out = model(ids[:, start:start + PROMPT_CHUNK], state=state, return_state=True)
+        state = out.state
+    return out.logits[:, -1], state
 
 
 @torch.no_grad()
@@ -64,14 +85,14 @@ def decode_steps(model, prompts: Sequence[bytes], max_new_tokens: int, temperatu
     """The decoding loop: each step's new byte id for every prompt, until all have written EOS or
     max_new_tokens steps have passed (after a text's EOS its row goes on with bytes nobody reads).
 
-    Each prompt is run alone (its own length, no padding), their States are stacked
+    Each prompt is run alone (its own length, no padding; :func:`prefill`), their States are stacked
     (:func:`bdh.model.stack_states`), and then the batch takes one forward per step.
     """
     model.eval()
     device = next(model.parameters()).device
     generator = sampling_generator(device, temperature, seed)
-    outs = [model(torch.tensor([list(p)], device=device), return_state=True) for p in prompts]
-    logits, state = torch.cat([o.logits[:, -1] for o in outs]), stack_states([o.state for o in outs])
+    logits, states = zip(*(prefill(model, p, device) for p in prompts))
+    logits, state = torch.cat(logits), stack_states(states)
     done = [False] * len(prompts)
     for step in range(max_new_tokens):
         chosen = next_bytes(logits, temperature, top_k, generator)
@@ -126,7 +147,8 @@ def parse_args(argv=None):
                     "as a recurrent state, so each new byte costs the same however long the text is.")
     p.add_argument("--checkpoint", required=True, help="a hatching_*.pt written by python -m bdh.train")
     p.add_argument("--prompt", required=True,
-                   help='the text to continue, in the training format, e.g. "User: List the files here.\\nAssistant: "')
+                   help="the text to continue, in the training format, e.g. $'User: List the files here.\\nAssistant: ' "
+                        "(bash's $'...' turns \\n into a newline)")
     p.add_argument("--max-new-tokens", type=int, default=256, help="bytes to write at most (default: 256)")
     p.add_argument("--temperature", type=float, default=0.8, help="0 is greedy; default 0.8")
     p.add_argument("--top-k", type=int, default=None, help="sample among the k likeliest bytes (default: all)")

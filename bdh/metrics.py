@@ -27,12 +27,14 @@ Bash (bash_command task) ``score_bash(output)``:
       every simple command in it (pipelines, lists, ``$(...)``, loop and if bodies) is a real
       command: a shell builtin or keyword (BASH_BUILTINS), one of COMMON_COMMANDS, or one on this
       machine's PATH (``shutil.which``; pass ``known_commands`` for numbers that do not depend on
-      the machine). ``./script``-style paths and words starting with ``$`` (chosen at run time)
-      cannot be checked and are accepted; a wrapper's argument (``sudo X``) is not checked. The
-      parser is ``bashlex`` (a bash parser; ``pip install bashlex`` or the ``eval`` extra; optional
-      because it is GPL-licensed) when installed, else ``_simple_command_names`` here, a small
-      quote-aware tokeniser that checks the grammar's outline (see its docstring). The two give the
-      same validity on all 204 of the starter set's val answers and 1698 of its 1699 train answers.
+      the machine). ``./script``-style paths and words starting with ``$`` or a backquote (chosen
+      at run time) cannot be checked and are accepted; a wrapper's argument (``sudo X``) is not
+      checked. A command of assignments only (``x=5``) has no command word and is valid; a block of
+      nothing but comments is not. The parser is ``bashlex`` (a bash parser; ``pip install bashlex``
+      or the ``eval`` extra; optional because it is GPL-licensed) when installed, else
+      ``_simple_command_names`` here, a small quote-aware tokeniser that checks the grammar's outline
+      (see its docstring). The two give the same validity on all 204 of the starter set's val answers
+      and all 1699 of its train answers.
 
 Tool use (tool_use task) ``score_tool_episode(outputs, reference_calls)``:
 
@@ -106,9 +108,10 @@ def parse_function_calls(text: str, whole: bool = True) -> Tuple[list, Optional[
     text = _strip_output(text) if whole else text
     if "<function_call>" not in text:
         return [], "no <function_call> block"
-    if text.count("<function_call>") != text.count("</function_call>"):
+    outside = FUNCTION_CALL_RE.sub("", text)
+    if "<function_call>" in outside or "</function_call>" in outside:  # also a closing tag before its opening
         return [], "unbalanced <function_call> tags"
-    if whole and FUNCTION_CALL_RE.sub("", text).strip():
+    if whole and outside.strip():
         return [], "text outside the <function_call> blocks"
     calls = []
     for body in FUNCTION_CALL_RE.findall(text):
@@ -526,8 +529,10 @@ def _simple_command_names(script: str) -> List[str]:
     and brackets closed; every control operator (; & && || | |&) between commands; redirections
     followed by a word; ( ), $( ), if/fi, do/done, { } and case/esac balanced. for/select/case
     headers and case branches are skipped, as are the insides of [[ ]] and (( )); the commands in
-    $(...) and `...` substitutions are found, also inside double quotes."""
+    $(...) and `...` substitutions are found, also inside double quotes. A command of assignments
+    only (``x=5;``) has no name but is a command."""
     names, closers, at_command, skip_to = [], [], True, None
+    assigned = False  # the command so far is assignments: the name may follow, or an operator end it
     tokens = _tokens(script)
     k = 0
     while k < len(tokens):
@@ -556,11 +561,12 @@ def _simple_command_names(script: str) -> List[str]:
                 closers.pop()
                 at_command = False
             elif tok in _CONTROL:
-                if at_command:
+                if at_command and not assigned:
                     raise BashSyntaxError(f"{tok!r} without a command before it")
                 at_command = True
             else:  # a newline ends a command (and may follow | && || inside one)
                 at_command = True
+            assigned = assigned and tok in _REDIRECTS
             continue
         names += _substitution_names(tok)
         if not at_command:
@@ -596,7 +602,7 @@ def _simple_command_names(script: str) -> List[str]:
         elif tok in ("then", "else", "elif", "while", "until", "!", "time"):
             pass
         elif _ASSIGNMENT.match(tok):
-            pass
+            assigned = True
         else:
             names.append(tok)
             at_command = False
@@ -625,10 +631,11 @@ def command_names(script: str, parser: Optional[str] = None) -> List[str]:
 
 def is_known_command(name: str, known_commands: Optional[Iterable[str]] = None) -> bool:
     """A shell builtin or keyword, a command in COMMON_COMMANDS (or known_commands when given, which
-    then replaces the PATH look-up), or on PATH. Paths like ./run.sh and $VAR words pass."""
+    then replaces the PATH look-up), or on PATH. Paths like ./run.sh, and $VAR, $(...) and `...`
+    words (the command is chosen at run time; the substitution's own commands are checked) pass."""
     if not name:
         return False
-    if name.startswith(("$", "./", "../", "~/")):
+    if name.startswith(("$", "`", "./", "../", "~/")):
         return True
     base = name.rsplit("/", 1)[-1] if "/" in name else name
     if base in BASH_BUILTINS or base in BASH_KEYWORDS or base in COMMON_COMMANDS:
@@ -663,12 +670,12 @@ def score_bash(output: str, known_commands: Optional[Iterable[str]] = None, pars
     command = blocks[0].group(1)
     if not command.strip():
         return BashScore(False, False, command, [], "empty command")
+    if all(not line.strip() or line.lstrip().startswith("#") for line in command.split("\n")):
+        return BashScore(True, False, command, [], "no command in the block")
     try:
-        names = command_names(command, parser)
+        names = command_names(command, parser)  # none for assignments only (x=5) or arithmetic ((...))
     except BashSyntaxError as e:
         return BashScore(True, False, command, [], f"does not parse: {e}")
-    if not names:
-        return BashScore(True, False, command, [], "no command in the block")
     unknown = [n for n in names if not is_known_command(n, known_commands)]
     if unknown:
         return BashScore(True, False, command, names, f"unknown command: {', '.join(unknown)}")

@@ -1,5 +1,6 @@
 """`prepare` end to end (offline), the bundled starter set, splits, and validation on load."""
 import contextlib
+import gzip
 import io
 import json
 import logging
@@ -71,6 +72,16 @@ def test_max_per_task_caps_each_task(tmp_path):
     manifest = prepare(str(tmp_path / "out"), ["starter"], max_per_task=50, progress=False)
     for entry in manifest["tasks"].values():
         assert entry["train"] + entry["val"] <= 50
+
+
+@pytest.mark.parametrize("val_fraction", [0.05, 0.2])
+def test_a_capped_task_keeps_its_val_split(tmp_path, val_fraction):
+    # the starter files hold train first: a cap taken before the split used to leave val empty
+    manifest = prepare(str(tmp_path / "out"), ["starter"], max_per_task=400, val_fraction=val_fraction, progress=False)
+    for task, entry in manifest["tasks"].items():
+        assert entry["train"] + entry["val"] == 400, task
+        assert entry["val"] == pytest.approx(400 * val_fraction, abs=1), task
+    assert_no_val_prompt_in_train(load_splits(str(tmp_path / "out")))
 
 
 def test_cli_prepare_offline_and_help(tmp_path):
@@ -243,6 +254,7 @@ def test_prepare_warns_about_the_tasks_it_got_no_records_for(tmp_path, caplog):
     with caplog.at_level(logging.WARNING, logger="bdh.data"):
         prepare(str(tmp_path / "out"), ["gsm8k"], local_dir=FIXTURES, offline=True, progress=False)
     assert "no records for text_completion, function_call, bash_command, tool_use" in caplog.text
+    assert "chain_of_thought: no val records (2 records in all, val_fraction 0.05)" in caplog.text
 
 
 def run_cli(*args):
@@ -269,7 +281,7 @@ def test_cli_reports_errors_on_one_line_with_a_nonzero_exit(tmp_path):
     for option, value in (("--max-bytes", "-1"), ("--max-bytes", "0"), ("--val-fraction", "1.5")):
         status, err = run_cli(option, value, "--local-dir", str(tmp_path / "none"), "--sources", "gsm8k",
                               "--out", str(tmp_path / "out"))
-        assert status == 2 and option[2:].replace("-", "_") in err and "usage:" in err
+        assert status == 2 and option[2:].replace("-", "_") in err and "usage: python -m bdh.data prepare" in err
 
 
 def test_prepared_lines_that_are_not_utf8_are_skipped_and_counted(tmp_path):
@@ -279,3 +291,23 @@ def test_prepared_lines_that_are_not_utf8_are_skipped_and_counted(tmp_path):
     path.write_bytes((good.to_json() + "\n").encode() + bad.to_json().encode("utf-8", "surrogateescape") + b"\n")
     skipped = Counter()
     assert list(read_records(str(path), skipped)) == [good] and skipped == {"invalid_utf8": 1}
+
+
+def test_a_prepared_line_nested_too_deep_is_skipped_as_malformed_json(tmp_path):
+    good = Record("ok:1", "bash_command", "t", "User: hi\nAssistant: ", "```bash\nls\n```")
+    path = tmp_path / "train.jsonl"
+    path.write_text("[" * 100000 + "\n" + good.to_json() + "\n")
+    skipped = Counter()
+    assert list(read_records(str(path), skipped)) == [good] and skipped == {"malformed_json": 1}
+
+
+@pytest.mark.parametrize("damage", ["truncated", "not_gzip"])
+def test_a_damaged_gzip_split_is_an_error_naming_the_file(tmp_path, damage):
+    out = str(tmp_path / "out")
+    prepare(out, ["starter"], max_per_task=20, progress=False)
+    val = tmp_path / "out" / "bash_command" / "val.jsonl"
+    data = gzip.compress(val.read_bytes())
+    val.unlink()
+    (tmp_path / "out" / "bash_command" / "val.jsonl.gz").write_bytes(data[:len(data) // 2] if damage == "truncated" else b"not gzip")
+    with pytest.raises(ValueError, match=r"bash_command/val\.jsonl\.gz: truncated or not gzip data"):
+        load_splits(out)

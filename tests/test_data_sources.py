@@ -9,7 +9,7 @@ import pytest
 
 from bdh.data.prepare import SourceReport, Unreachable, convert_rows, source_rows
 from bdh.data.records import DEFAULT_MAX_BYTES, Record, invalid_reason
-from bdh.metrics import FUNCTION_CALL_RE
+from bdh.metrics import FUNCTION_CALL_RE, score_bash, score_function_call
 from bdh.data.sources import SOURCES
 
 FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures")
@@ -117,8 +117,32 @@ def test_bash_sources_answer_with_a_bash_block():
     cheat, _ = load("cheat")
     assert cheat[0].prompt == "User: To extract an uncompressed archive\nAssistant: "
     assert cheat[0].target == "```bash\ntar -xvf /path/to/foo.tar\n```"
+
+def test_unix_commands_rows_ask_for_the_command_that_printed_their_output():
     unix, _ = load("unix_commands")
-    assert unix[0].prompt.endswith("user@server:~$ pwd\nAssistant: ") and unix[0].target == "/home/user"
+    assert unix[0].prompt == "User: Which command, typed at the prompt `user@server:~$`, prints this?\n/home/user\nAssistant: "
+    assert unix[0].target == "```bash\npwd\n```"
+    assert unix[1].prompt.endswith("`root@devbox:/var/log#`, prints this?\nauth.log  dpkg.log  syslog\nAssistant: ")
+    assert unix[1].target == "```bash\nls\n```"
+    rows = [{"instruction": "act", "input": "cd /tmp", "output": ""},  # prints nothing: which command?
+            {"instruction": "act", "input": "date", "output": "Mon Jan  1 00:00:00 UTC 2024"}]
+    records, report = load("unix_commands", rows)
+    assert report.skipped == Counter(no_content=1)
+    assert records[0].prompt == "User: Which command prints this?\nMon Jan  1 00:00:00 UTC 2024\nAssistant: "
+
+
+@pytest.mark.parametrize("name", sorted(n for n, s in SOURCES.items() if s.task == "bash_command"))
+def test_every_bash_target_has_the_format_the_metric_scores(name):
+    records, _ = load(name)
+    assert records and all(score_bash(r.target, known_commands=[]).format_ok for r in records)
+
+
+@pytest.mark.parametrize("name", sorted(n for n, s in SOURCES.items() if s.task in ("function_call", "tool_use")))
+def test_every_call_target_scores_as_its_own_reference(name):
+    calls = [r for r in load(name)[0] if "<function_call>" in r.target]
+    assert calls
+    for record in calls:  # as bdh.metrics.score_record scores a val record
+        assert score_function_call(record.target, record.target, record.schemas).arguments_ok, record.id
 
 
 def test_toolbench_steps_become_calls_and_final_answers():
@@ -126,7 +150,9 @@ def test_toolbench_steps_become_calls_and_final_answers():
     final = next(r for r in records if "<tool_result>" in r.prompt)
     step = next(r for r in records if r is not final)
     assert [s["name"] for s in final.schemas] == ["get_joke_for_dad_jokes", "Finish"]
-    assert step.target == 'I should get a joke.\n<function_call>{"name": "get_joke_for_dad_jokes", "arguments": {}}</function_call>'
+    assert step.target == '<function_call>{"name": "get_joke_for_dad_jokes", "arguments": {}}</function_call>'
+    assert "Thought" not in final.prompt and "I should get a joke." not in final.prompt
+    assert '\nAssistant: <function_call>{"name": "get_joke_for_dad_jokes", "arguments": {}}</function_call>\n<tool_result>' in final.prompt
     assert final.target == "Here is one: How does a train eat? It goes chew, chew."
     assert final.group == step.group  # steps of one query share a split
 
@@ -202,6 +228,62 @@ def test_a_row_with_a_field_of_the_wrong_type_is_skipped_and_counted(name, row):
     assert records == [] and report.skipped == Counter(malformed_row=1)
 
 
+def toolbench_row_with_query(text):
+    """The fixture's first ToolBench row with its user message replaced."""
+    rows, _ = source_rows(SOURCES["toolbench"], FIXTURES, offline=True, cache_dir=None)
+    row = copy.deepcopy(next(r for r in rows if r is not None))
+    next(m for m in row["conversations"] if m["from"] == "user")["value"] = text
+    return row
+
+
+def tooltalk_row_with_user_text(text):
+    rows, _ = source_rows(SOURCES["tooltalk"], FIXTURES, offline=True, cache_dir=None)
+    row = copy.deepcopy(next(r for r in rows if r is not None))
+    next(t for t in row["conversation"] if t["role"] == "user")["text"] = text
+    return row
+
+
+@pytest.mark.parametrize("name, row", [
+    ("gsm8k", {"question": "", "answer": "4\n#### 4"}),
+    ("gsm_symbolic", {"question": " \n ", "answer": "4\n#### 4"}),
+    ("nl2bash", {"nl": "", "bash": "ls"}),
+    ("nl2bash", {"nl": "list the files", "bash": ""}),
+    ("nl2bash", {"nl": "list the files", "bash": " \n\t"}),
+    ("unix_commands", {"instruction": "act", "input": "user@server:~$ ", "output": "/home/user"}),
+    ("bfcl", {"id": "simple_9", "question": [[{"role": "user", "content": " "}]],
+              "ground_truth": [{"f": {"a": [1]}}], "function": [{"name": "f"}]}),
+    ("glaive", {"system": "SYSTEM: You can call: {\"name\": \"f\", \"parameters\": {}}",
+                "chat": 'USER:  ASSISTANT: <functioncall> {"name": "f", "arguments": \'{}\'} <|endoftext|>'}),
+    ("toolbench", toolbench_row_with_query("")),
+    ("tooltalk", tooltalk_row_with_user_text("  ")),
+], ids=["gsm8k_question", "gsm_symbolic_question", "nl2bash_nl", "nl2bash_bash", "nl2bash_blank_bash",
+        "unix_commands_command", "bfcl_user", "glaive_user", "toolbench_query", "tooltalk_user"])
+def test_a_row_with_an_empty_question_or_command_is_skipped_and_counted(name, row):
+    records, report = load(name, rows=[row])
+    assert records == [] and report.skipped == Counter(malformed_row=1)
+
+
+def nested(depth):
+    """[[[...]]] depth deep, built without recursion."""
+    value = []
+    for _ in range(depth):
+        value = [value]
+    return value
+
+
+def test_json_nested_too_deep_is_a_malformed_row_not_a_crash(tmp_path):
+    (tmp_path / "gsm8k").mkdir()
+    (tmp_path / "gsm8k" / "a.jsonl").write_text("[" * 100000 + "\n" + '{"question": "What is 2+2?", "answer": "4\\n#### 4"}\n')
+    (tmp_path / "gsm8k" / "b.json").write_text("[" * 100000)
+    rows, _ = source_rows(SOURCES["gsm8k"], str(tmp_path), offline=True, cache_dir=None)
+    records, report = load("gsm8k", rows)
+    assert len(records) == 1 and report.skipped == Counter(malformed_json=2)
+    row = {"id": "simple_9", "question": [[{"role": "user", "content": "Call f."}]],
+           "ground_truth": [{"f": {"a": [nested(100000)]}}], "function": [{"name": "f"}]}
+    records, report = load("bfcl", rows=[row])
+    assert records == [] and report.skipped == Counter(malformed_row=1)
+
+
 @pytest.mark.parametrize("reply", [None, 5, {"text": "hi"}])
 def test_a_tooltalk_reply_that_is_not_text_is_skipped_and_counted(reply):
     records, report = load("tooltalk", rows=[tooltalk_row_with_reply(reply)])
@@ -247,7 +329,16 @@ def test_a_row_that_is_not_utf8_is_skipped_counted_and_its_file_named(name, tmp_
     ('<function_call>{"name": "f"}</function_call>', "invalid_function_call"),
     ('<function_call>{"name": "f", "arguments": {}}', "invalid_function_call"),
     ('{"name": "f"}</function_call>', "invalid_function_call"),
+    ('</function_call>x<function_call>', "invalid_function_call"),
+    ('I should call f.\n<function_call>{"name": "f", "arguments": {}}</function_call>', "invalid_function_call"),
 ])
 def test_function_call_targets_are_checked_as_the_metrics_parse_them(target, reason):
     record = Record(id="x", task="function_call", source="test", prompt="User: call f\nAssistant: ", target=target)
     assert invalid_reason(record) == reason
+
+
+def test_a_call_target_must_be_calls_only_where_it_is_scored_as_calls():
+    target = 'Let me look.\n<function_call>{"name": "f", "arguments": {}}</function_call>'
+    for task, reason in (("tool_use", "invalid_function_call"), ("text_completion", None)):
+        record = Record(id="x", task=task, source="test", prompt="User: call f\nAssistant: ", target=target)
+        assert invalid_reason(record) == reason, task

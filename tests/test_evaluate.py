@@ -1,5 +1,6 @@
 """Checkpoint evaluation: the report's losses and metrics, the trainer's quick eval, the best-checkpoint
 score, and the CLI's output and errors."""
+import gzip
 import json
 import math
 
@@ -8,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from bdh.config import load_config
-from bdh.data import TASKS, collate, load_splits
+from bdh.data import TASKS, Record, collate, load_splits
 from bdh.evaluate import checkpoint_score, evaluate_checkpoint, main, quick_eval, val_losses
 
 from train_cases import MICRO, small_model
@@ -108,3 +109,14 @@ def test_cli_errors_are_clear(micro_checkpoint, tmp_path, capsys, case, match):
     assert main(argv) == 1
     err = capsys.readouterr().err
     assert err.startswith("error: ") and match in err
+
+
+@pytest.mark.parametrize("data", [b"not gzip", gzip.compress(b'{"id": "x"}\n' * 100)[:40]], ids=["not_gzip", "truncated"])
+def test_cli_names_a_damaged_gzip_split(micro_checkpoint, tmp_path, capsys, data):
+    folder = tmp_path / "data" / "bash_command"
+    folder.mkdir(parents=True)
+    (folder / "train.jsonl").write_text(Record("b:1", "bash_command", "t", "User: hi\nAssistant: ", "```bash\nls\n```").to_json())
+    (folder / "val.jsonl.gz").write_bytes(data)
+    assert main(["--checkpoint", micro_checkpoint, "--data-dir", str(tmp_path / "data")]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and f"{folder / 'val.jsonl.gz'}: truncated or not gzip data" in err

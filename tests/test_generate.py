@@ -6,8 +6,9 @@ import os
 import pytest
 import torch
 
+import bdh.generate
 from bdh.data import EOS
-from bdh.generate import generate_batch, generate_bytes, generate_text, main, next_bytes
+from bdh.generate import generate_batch, generate_bytes, generate_text, main, next_bytes, prefill
 from bdh.model import LayerState, Output, State
 
 from train_cases import small_model
@@ -91,6 +92,31 @@ def test_seeded_sampling_is_reproducible_and_top_k_1_is_greedy():
     assert len(samples) > 1  # a random init at temperature 2 is close to uniform: seeds differ
 
 
+@pytest.mark.parametrize("chunk", [1, 7, 16])
+def test_a_prompt_fed_in_chunks_gives_the_one_chunk_result(monkeypatch, chunk):
+    model = small_model().double().eval()
+    whole_logits, whole_state = prefill(model, PROMPT, "cpu")
+    whole = list(generate_bytes(model, PROMPT, max_new_tokens=16))
+    monkeypatch.setattr(bdh.generate, "PROMPT_CHUNK", chunk)
+    lengths, forward = [], model.forward
+    monkeypatch.setattr(model, "forward", lambda idx, **kwargs: lengths.append(idx.shape[1]) or forward(idx, **kwargs))
+    logits, state = prefill(model, PROMPT, "cpu")
+    assert max(lengths) == chunk  # the attention's [T, T] stays chunk x chunk
+    assert state.position == whole_state.position == len(PROMPT)
+    torch.testing.assert_close(logits, whole_logits)
+    assert list(generate_bytes(model, PROMPT, max_new_tokens=16)) == whole
+    assert generate_batch(model, [PROMPT, b"x"], max_new_tokens=8)[0] == whole[:8]
+
+
+@pytest.mark.parametrize("temperature", [1e-40, 1e-300, 5e-324])
+def test_a_tiny_temperature_samples_the_likeliest_byte(temperature):
+    logits = torch.tensor([[0.0, 3.0, 1.0], [-5.0, -6.0, -4.5]])
+    assert next_bytes(logits, temperature, None, torch.Generator().manual_seed(0)).tolist() == [1, 2]
+    model = small_model().eval()
+    greedy = list(generate_bytes(model, PROMPT, 12, temperature=0))
+    assert list(generate_bytes(model, PROMPT, 12, temperature=temperature, seed=1)) == greedy
+
+
 def test_top_k_samples_only_the_k_likeliest():
     logits = torch.arange(256, dtype=torch.float32).expand(200, 256)  # 200 texts, the same logits
     gen = torch.Generator().manual_seed(0)
@@ -100,6 +126,7 @@ def test_top_k_samples_only_the_k_likeliest():
 
 @pytest.mark.parametrize("kwargs, match", [
     ({"temperature": -1.0}, "temperature"), ({"temperature": math.nan}, "temperature"),
+    ({"temperature": math.inf}, "temperature must be a finite number"),
     ({"top_k": 0}, "top_k"), ({"top_k": 257}, "top_k"), ({"max_new_tokens": -1}, "max_new_tokens"),
     ({"max_new_tokens": None}, "max_new_tokens"), ({"max_new_tokens": 2.5}, "max_new_tokens"),
 ])
@@ -114,6 +141,12 @@ def test_empty_prompt_is_refused():
 
 
 # ------------------------------------------------------------------------------------------------ CLI
+def test_cli_help_quotes_the_prompt_example_as_bash_reads_it(capsys):
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    assert "$'User: List the files here.\\nAssistant: '" in " ".join(capsys.readouterr().out.split())
+
+
 def test_cli_writes_the_prompt_and_its_continuation(micro_checkpoint, capsys):
     argv = ["--checkpoint", micro_checkpoint, "--prompt", "User: hi\nAssistant: ", "--max-new-tokens", "12",
             "--seed", "1"]

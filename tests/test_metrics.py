@@ -55,6 +55,7 @@ def test_partly_correct_calls(output, expected):
     ("", "no <function_call> block"),
     ("The weather in Paris is nice.", "no <function_call> block"),
     ('<function_call>{"name": "get_weather", "arguments": {"city": "Paris"}', "unbalanced"),
+    ('</function_call>' + REFERENCE[len("<function_call>"):-len("</function_call>")] + "<function_call>", "unbalanced"),
     ('<function_call>{"name": "get_weather", "arguments": {"city": "Paris",}}</function_call>', "not JSON"),
     ("<function_call>{'name': 'get_weather', 'arguments': {}}</function_call>", "not JSON"),
     ('<function_call>{"name": "get_weather", "arguments": {"days": Infinity}}</function_call>', "not JSON"),
@@ -192,6 +193,10 @@ def test_episodes_group_and_order_starter_tool_use(starter_val):
     "ls \\\n  -la  # a comment",
     "[[ -d build ]] && rm -r build",
     "echo $((2 + 3))",
+    "`which python3` --version",  # a command chosen at run time, like $(which python3)
+    "x=5",  # assignments only: a command without a command word
+    "x=5; echo $x",
+    "count=0 total=3 && echo $count",
 ])
 def test_valid_commands(parser, command):
     pytest.importorskip("bashlex") if parser == "bashlex" else None
@@ -253,6 +258,19 @@ def test_parsers_find_the_same_commands():
         "cd", "git", "tee", "make", "echo", "echo", "whoami", "hostname"]
     with pytest.raises(BashSyntaxError):
         command_names("ls 'x", "simple")
+
+
+@pytest.mark.parametrize("parser", ["bashlex", "simple"])
+def test_a_block_of_comments_only_has_no_command(parser):
+    pytest.importorskip("bashlex") if parser == "bashlex" else None
+    s = score_bash("```bash\n# list the files\n  # here\n```", parser=parser)
+    assert (s.format_ok, s.valid, s.error) == (True, False, "no command in the block")
+
+
+@pytest.mark.parametrize("text", ["</function_call>x<function_call>", '</function_call>{"name": "f", "arguments": {}}<function_call>'])
+def test_a_closing_tag_before_its_opening_is_unbalanced(text):
+    for whole in (True, False):
+        assert ev.parse_function_calls(text, whole=whole) == ([], "unbalanced <function_call> tags")
 
 
 def test_without_bashlex_the_simple_parser_decides(monkeypatch):

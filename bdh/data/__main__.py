@@ -81,10 +81,10 @@ def main(argv=None) -> int:
         manifest = prepare(args.out, args.sources, local_dir=args.local_dir, max_per_task=args.max_per_task,
                            val_fraction=args.val_fraction, max_bytes=args.max_bytes, offline=args.offline,
                            cache_dir=args.cache_dir, progress=not args.no_progress)
-    except ValueError as e:  # a bad argument, found before any data is read
-        parser.error(str(e))
+    except ValueError as e:  # a bad argument, found before any data is read: the subcommand's usage
+        p.error(str(e))
     except (PrepareError, OSError) as e:
-        print(f"{parser.prog}: error: {e}", file=sys.stderr)
+        print(f"{p.prog}: error: {e}", file=sys.stderr)
         return 1
     print_summary(manifest, args.out)
     return 0

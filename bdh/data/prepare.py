@@ -151,6 +151,28 @@ def in_val(split_key: str, val_fraction: float) -> bool:
     return int.from_bytes(digest[:8], "big") / 2**64 < val_fraction
 
 
+def cap_splits(splits: Splits, limit: Optional[int], val_fraction: float) -> Splits:
+    """At most limit records in all, val_fraction of them (rounded up) from val where it has that many:
+    capping after the split, not before, so that a capped task keeps its val records."""
+    if limit is None or len(splits.train) + len(splits.val) <= limit:
+        return splits
+    n_val = min(len(splits.val), max(math.ceil(limit * val_fraction), limit - len(splits.train)))
+    return Splits(splits.train[:limit - n_val], splits.val[:n_val])
+
+
+def starter_share(splits: Splits, limit: Optional[int], val_fraction: float) -> list:
+    """The starter set's records of one task, at most limit of them. Its files hold train first, so a
+    plain prefix would be all train: the records are sorted by the split they will land in (in_val,
+    as split_records assigns it later, where duplicates are dropped and counted) and capped by cap_splits."""
+    records = splits.train + splits.val
+    if limit is None:
+        return records
+    val = [r for r in records if in_val(r.split_key, val_fraction)]
+    train = [r for r in records if not in_val(r.split_key, val_fraction)]
+    capped = cap_splits(Splits(train, val), limit, val_fraction)
+    return capped.train + capped.val
+
+
 def split_records(records: Iterable[Record], val_fraction: float, dropped: Counter) -> Splits:
     """Drop exact duplicates, split by split key, and make sure no val prompt is in train."""
     check_val_fraction(val_fraction)
@@ -286,7 +308,7 @@ def prepare(out_dir: str, sources: Iterable[str], local_dir: str = "data/raw", m
     for name in sources:
         if name == STARTER:
             for task, task_splits in starter.items():
-                records = (task_splits.train + task_splits.val)[: per_source_limit.get(task)]
+                records = starter_share(task_splits, per_source_limit.get(task), val_fraction)
                 by_task[task] += records
                 reports.append(SourceReport(STARTER, task, "see the starter set's manifest", f"bundled:{task}", len(records)))
             continue
@@ -310,6 +332,16 @@ def prepare(out_dir: str, sources: Iterable[str], local_dir: str = "data/raw", m
     return write_prepared(out_dir, by_task, reports, val_fraction, manifest, max_per_task)
 
 
+def warn_empty_splits(splits: dict, val_fraction: float) -> None:
+    """Warn about each task with no train or no val records: the trainer samples train, and its val
+    losses and `python -m bdh.evaluate` read val."""
+    for task, task_splits in splits.items():
+        for name in ("train", "val"):
+            if not getattr(task_splits, name):
+                log.warning("%s: no %s records (%d records in all, val_fraction %s)", task, name,
+                            len(task_splits.train) + len(task_splits.val), val_fraction)
+
+
 def check_options(out_dir: str, sources: list, max_per_task: Optional[int], val_fraction: float,
                   max_bytes: int) -> None:
     """Raise ValueError naming the first bad argument of prepare()."""
@@ -326,14 +358,16 @@ def check_options(out_dir: str, sources: list, max_per_task: Optional[int], val_
 
 def write_prepared(out_dir: str, by_task: dict, reports: list, val_fraction: float, manifest: dict,
                    max_per_task: Optional[int] = None, compress: bool = False) -> dict:
-    """Split each task's records (at most max_per_task of them) and write the prepared layout with
-    a manifest of the sources (origin, licence, counts, skips), the unreachable ones, and the splits.
+    """Split each task's records, cap each task at max_per_task (cap_splits), and write the prepared
+    layout with a manifest of the sources (origin, licence, counts, skips), the unreachable ones, and
+    the splits.
 
-    Raises PrepareError, writing nothing, if there are no records; warns about the tasks without any."""
+    Raises PrepareError, writing nothing, if there are no records; warns about the tasks without any
+    and about a split left empty."""
     splits, dropped = {}, Counter()
     for task, records in by_task.items():
         if records:
-            splits[task] = split_records(records[:max_per_task], val_fraction, dropped)
+            splits[task] = cap_splits(split_records(records, val_fraction, dropped), max_per_task, val_fraction)
     if not splits:
         raise PrepareError(f"no records from any source; {out_dir!r} was left as it was:\n"
                            + "\n".join(f"  {r.name}: {r.unreachable or f'0 records (skipped: {format_counts(r.skipped)})'}"
@@ -341,6 +375,7 @@ def write_prepared(out_dir: str, by_task: dict, reports: list, val_fraction: flo
     missing = [task for task in TASKS if task not in splits]
     if missing:
         log.warning("no records for %s: the default curriculum trains on every task", ", ".join(missing))
+    warn_empty_splits(splits, val_fraction)
     manifest = {
         "val_fraction": val_fraction,
         **manifest,

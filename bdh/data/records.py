@@ -22,12 +22,17 @@ import os
 import re
 import shutil
 import tempfile
+import zlib
 from collections import Counter
 from typing import Callable, Iterable, Iterator, Optional, TypeVar
 
 from bdh.metrics import parse_function_calls
 
 TASKS = ("text_completion", "chain_of_thought", "function_call", "bash_command", "tool_use")
+
+# The tasks whose targets that hold a <function_call> are scored as calls (bdh.metrics.score_record):
+# such a target must be nothing but call blocks.
+CALL_TASKS = ("function_call", "tool_use")
 
 # Longest record (prompt + target, in UTF-8 bytes) accepted on load unless told otherwise.
 DEFAULT_MAX_BYTES = 8192
@@ -100,6 +105,9 @@ def tool_result(result) -> str:
 
 
 def bash_block(command: str) -> str:
+    """command in a fenced ```bash block; ValueError for a blank command (the scorer's "empty command")."""
+    if not command.strip():
+        raise ValueError("the command is empty")
     return "```bash\n" + command.strip("\n") + "\n```"
 
 
@@ -113,14 +121,17 @@ def chat_prompt(turns: Iterable[tuple], schemas: Iterable[dict] = ()) -> str:
     """Lay out a conversation so far and open the assistant's next turn.
 
     turns: (role, text) pairs; role is "system", "user", "assistant" or "tool" (a tool result,
-    already wrapped by tool_result()). The result ends with ``"Assistant: "``.
+    already wrapped by tool_result()). The result ends with ``"Assistant: "``. A blank user turn is a
+    ValueError: a row with an empty question is no example (its converter's caller skips it).
     """
     prefix = {"system": "System: ", "user": "User: ", "assistant": "Assistant: ", "tool": ""}
     lines = []
-    for role, text in turns:
+    for n, (role, text) in enumerate(turns):
         if role not in prefix:
             raise ValueError(f"turns: unknown role {role!r}; expected one of {sorted(prefix)}")
         lines.append(prefix[role] + text)
+        if role == "user" and not text.strip():
+            raise ValueError(f"turns[{n}]: the user turn is empty")
     return schema_block(schemas) + "".join(line + "\n" for line in lines) + "Assistant: "
 
 
@@ -128,12 +139,13 @@ def chat_prompt(turns: Iterable[tuple], schemas: Iterable[dict] = ()) -> str:
 # Validation
 
 
-def check_function_calls(text: str) -> Optional[str]:
-    """None if text has no <function_call> block or every block is a call bdh.metrics can score (JSON
-    {"name": str, "arguments": {...}} and nothing else), else why not: the same parser as the scoring."""
+def check_function_calls(text: str, whole: bool = False) -> Optional[str]:
+    """None if text has no <function_call> tag or every block is a call bdh.metrics can score (JSON
+    {"name": str, "arguments": {...}} and nothing else), else why not: the same parser as the scoring.
+    whole: the text must also be nothing but call blocks, as the scorer reads a reference call."""
     if "<function_call>" not in text and "</function_call>" not in text:
         return None
-    return parse_function_calls(text, whole=False)[1]
+    return parse_function_calls(text, whole=whole)[1]
 
 
 def invalid_reason(record: Record, max_bytes: int = DEFAULT_MAX_BYTES) -> Optional[str]:
@@ -142,7 +154,7 @@ def invalid_reason(record: Record, max_bytes: int = DEFAULT_MAX_BYTES) -> Option
         return "unknown_task"
     if not record.target.strip():
         return "empty_target"
-    if check_function_calls(record.target) is not None:
+    if check_function_calls(record.target, whole=record.task in CALL_TASKS) is not None:
         return "invalid_function_call"
     if "\x00" in record.prompt or "\x00" in record.target:
         return "nul_byte"  # byte 0 is the end-of-target token (bdh.data.tokens.EOS)
@@ -176,27 +188,40 @@ def open_text(path: str):
     return opener(path, "rt", encoding="utf-8", errors="surrogateescape")
 
 
+def file_lines(path: str) -> Iterator[str]:
+    """The lines of a text file (open_text); a .gz file that is truncated or not gzip data raises
+    ValueError naming it, where gzip raises EOFError, BadGzipFile or zlib.error part-way through."""
+    try:
+        with open_text(path) as f:
+            yield from f
+    except (EOFError, gzip.BadGzipFile, zlib.error) as e:
+        raise ValueError(f"{path}: truncated or not gzip data ({type(e).__name__}: {e})") from None
+
+
 def read_records(path: str, skipped: Counter, max_bytes: int = DEFAULT_MAX_BYTES,
                  task: Optional[str] = None) -> Iterator[Record]:
     """Yield the valid records of a JSON-lines file (.jsonl or .jsonl.gz); count each skipped line
     in skipped[reason]. With task given (the folder the file is in), a record of another task is
-    skipped as wrong_task."""
-    with open_text(path) as f:
-        for line in f:
-            if not line.strip():
-                continue
-            try:
-                record = record_from_row(json.loads(line))
-            except (ValueError, TypeError) as e:
-                skipped["malformed_json" if isinstance(e, json.JSONDecodeError) else "missing_field"] += 1
-                continue
-            reason = invalid_reason(record, max_bytes)
-            if not reason and task is not None and record.task != task:
-                reason = "wrong_task"
-            if reason:
-                skipped[reason] += 1
-                continue
-            yield record
+    skipped as wrong_task. A .gz file that is truncated or not gzip data is a ValueError naming it.
+    """
+    for line in file_lines(path):
+        if not line.strip():
+            continue
+        try:
+            record = record_from_row(json.loads(line))
+        except (json.JSONDecodeError, RecursionError):  # RecursionError: nested too deep to parse
+            skipped["malformed_json"] += 1
+            continue
+        except (ValueError, TypeError):
+            skipped["missing_field"] += 1
+            continue
+        reason = invalid_reason(record, max_bytes)
+        if not reason and task is not None and record.task != task:
+            reason = "wrong_task"
+        if reason:
+            skipped[reason] += 1
+            continue
+        yield record
 
 
 def format_counts(counts: Counter) -> str:

@@ -26,8 +26,9 @@ log = logging.getLogger("bdh.data")
 # A reader yields rows (dicts) and None for a line or file it could not parse.
 Rows = Iterator[Optional[dict]]
 
-# What a converter raises on a row it cannot map (ast.literal_eval raises SyntaxError).
-ROW_ERRORS = (KeyError, IndexError, TypeError, ValueError, AttributeError, SyntaxError)
+# What a converter raises on a row it cannot map (ast.literal_eval raises SyntaxError; parsing or
+# writing JSON nested too deep raises RecursionError).
+ROW_ERRORS = (KeyError, IndexError, TypeError, ValueError, AttributeError, SyntaxError, RecursionError)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -83,7 +84,7 @@ def read_json_rows(directory: str) -> Rows:
         text = read_text(path)
         try:
             whole = json.loads(text)
-        except ValueError:
+        except (ValueError, RecursionError):  # JSON lines, or a line nested too deep (skipped below)
             whole = None
         if isinstance(whole, list):
             yield from (row if isinstance(row, dict) else None for row in whole)
@@ -96,9 +97,10 @@ def read_json_rows(directory: str) -> Rows:
 
 
 def _json_object(text: str) -> Optional[dict]:
+    """The JSON object on a line; None for anything else (not JSON, not an object, nested too deep)."""
     try:
         value = json.loads(text)
-    except ValueError:
+    except (ValueError, RecursionError):
         return None
     return value if isinstance(value, dict) else None
 
@@ -283,6 +285,7 @@ def read_bfcl(directory: str) -> Rows:
 
 
 def nl2bash(row: dict, index: int) -> list:
+    """A blank description or command is a ValueError (chat_prompt, bash_block): no example."""
     return [Record(f"nl2bash:{index}", "bash_command", "nl2bash", chat_prompt([("user", row["nl"])]), bash_block(row["bash"]))]
 
 
@@ -295,11 +298,28 @@ def read_nl2bash(directory: str) -> Rows:
     yield from read_json_rows(directory)
 
 
+# The shell prompt before the command in unix-commands' ``input``: ``user@server:~$ ``, ``root@box:/var# ``.
+SHELL_PROMPT_RE = re.compile(r"^\S*[$#](\s+|$)")
+
+
 def unix_commands(row: dict, index: int) -> list:
-    """harpomaxx/unix-commands (Alpaca-style): ``instruction`` (act as a terminal), ``input`` (the
-    prompt line with the command), ``output`` (what the terminal prints). The target is that output."""
-    prompt = chat_prompt([("user", f"{row['instruction'].strip()}\n{row['input'].strip()}")])
-    return [Record(f"unix_commands:{index}", "bash_command", "unix_commands", prompt, row["output"])]
+    """harpomaxx/unix-commands (Alpaca-style): ``instruction`` (act as a terminal), ``input`` (the shell
+    prompt line with the command), ``output`` (what the terminal prints).
+
+    The bash_command task teaches writing commands as a ```bash block (bash format accuracy and
+    command validity score it), so the example is turned around: the prompt shows the output and the
+    shell prompt line's user, host and folder, and the target is the command. The row's instruction
+    (act as a terminal) asks for the opposite and is left out; a row whose command prints nothing
+    says nothing about which command it was, and gives no record."""
+    line = row["input"].strip()
+    shell_prompt = SHELL_PROMPT_RE.match(line)
+    command = line[shell_prompt.end():] if shell_prompt else line
+    output = row["output"].strip("\n")
+    if not output.strip():
+        return []
+    where = f", typed at the prompt `{shell_prompt.group().strip()}`," if shell_prompt else ""
+    prompt = chat_prompt([("user", f"Which command{where} prints this?\n{output}")])
+    return [Record(f"unix_commands:{index}", "bash_command", "unix_commands", prompt, bash_block(command))]
 
 
 def description_command(source: str) -> Callable[[dict, int], list]:
@@ -357,22 +377,24 @@ def read_cheat(directory: str) -> Rows:
 
 TOOLBENCH_ROLES = {"system": "system", "user": "user", "human": "user", "assistant": "assistant", "gpt": "assistant", "function": "tool"}
 TOOLBENCH_APIS_MARKER = "Specifically, you have access to the following APIs:"
-REACT_RE = re.compile(r"Thought:(.*?)\nAction:(.*?)\nAction Input:(.*)", re.DOTALL)
+REACT_RE = re.compile(r"Thought:.*?\nAction:(.*?)\nAction Input:(.*)", re.DOTALL)
 
 
 def toolbench_step(text: str) -> str:
-    """A ToolLLaMA ReAct step (``Thought / Action / Action Input``) in the prompt format:
-    the thought as text, then the call; the ``Finish`` action's final answer as plain text."""
+    """A ToolLLaMA ReAct step (``Thought / Action / Action Input``) in the prompt format: the call
+    alone, the ``Finish`` action's final answer as plain text. The thought is left out: a tool-use
+    step is a call (the scorer reads a target holding a call as nothing but calls), and the earlier
+    steps in a prompt are laid out as the model is taught to write them."""
     match = REACT_RE.search(text)
     if not match:
         raise ValueError("assistant message is not Thought / Action / Action Input")
-    thought, action, action_input = (part.strip() for part in match.groups())
+    action, action_input = (part.strip() for part in match.groups())
     arguments = json.loads(action_input) if action_input else {}
     if action == "Finish":
         if arguments.get("return_type") != "give_answer":
             raise ValueError("a Finish step that gives up has no answer to learn")
         return arguments["final_answer"]
-    return (thought + "\n" if thought else "") + function_call(action, arguments)
+    return function_call(action, arguments)
 
 
 def toolbench(row: dict, index: int) -> list:
