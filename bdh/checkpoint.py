@@ -55,6 +55,10 @@ def list_checkpoints(run_dir: str) -> list:
 
 def load_checkpoint(path: str) -> dict:
     """Load a checkpoint (weights_only) or raise CheckpointError saying what is wrong with it."""
+    if os.path.isdir(path):
+        found = list_checkpoints(path)
+        raise CheckpointError(f"checkpoint {path!r} is a directory, not a checkpoint file"
+                              + (f" (its newest checkpoint: {found[0]})" if found else " (it holds no hatching_*.pt)"))
     if not os.path.isfile(path):
         raise CheckpointError(f"checkpoint {path!r} does not exist")
     try:
@@ -67,6 +71,10 @@ def load_checkpoint(path: str) -> dict:
     if not isinstance(ckpt, dict) or any(k not in ckpt for k in CHECKPOINT_KEYS):
         missing = [k for k in CHECKPOINT_KEYS if not isinstance(ckpt, dict) or k not in ckpt]
         raise CheckpointError(f"checkpoint {path!r} is not a Hatching training checkpoint (missing {missing})")
+    for key, kind in (("step", int), ("model_state", dict), ("config", dict)):
+        if isinstance(ckpt[key], bool) or not isinstance(ckpt[key], kind):
+            raise CheckpointError(f"checkpoint {path!r} is not a Hatching training checkpoint ({key} is a "
+                                  f"{type(ckpt[key]).__name__}, not a {kind.__name__})")
     return ckpt
 
 

@@ -319,7 +319,8 @@ def validate(cfg: Config) -> Config:
         need(getattr(t, key) >= 1, f"training.{key}", f"must be >= 1, got {getattr(t, key)}")
     need(t.learning_rate > 0, "training.learning_rate", f"must be > 0, got {t.learning_rate}")
     need(t.min_lr is None or 0 <= t.min_lr <= t.learning_rate, "training.min_lr",
-         "must be in [0, training.learning_rate] or null")
+         f"must be in [0, training.learning_rate] or null, got {t.min_lr} with learning_rate {t.learning_rate} "
+         f"(lowering the learning rate? set training.min_lr too, or null for learning_rate / 10)")
     need(t.warmup_iters >= 0, "training.warmup_iters", f"must be >= 0, got {t.warmup_iters}")
     need(t.grad_clip >= 0, "training.grad_clip", f"must be >= 0, got {t.grad_clip}")
     need(t.weight_decay >= 0, "training.weight_decay", f"must be >= 0, got {t.weight_decay}")
@@ -385,6 +386,9 @@ def stage_schedule(cfg: Config) -> list:
 
 # ------------------------------------------------------------------------------------------ loading
 def config_path(name_or_path: str) -> str:
+    if os.path.isdir(name_or_path):
+        raise ConfigError(f"config file {name_or_path!r} is a directory: give a YAML file or a tier "
+                          f"({', '.join(TIERS)})")
     if name_or_path.endswith((".yaml", ".yml")) or os.path.sep in name_or_path or os.path.isfile(name_or_path):
         if not os.path.isfile(name_or_path):
             raise ConfigError(f"config file {name_or_path!r} does not exist")
@@ -396,12 +400,16 @@ def config_path(name_or_path: str) -> str:
     return path
 
 
-def load_yaml(path: str) -> dict:
-    with open(path) as f:
-        try:
+def load_yaml(path: str):
+    """The parsed YAML of ``path`` ({} when empty); a ConfigError when it is not UTF-8 text or not YAML."""
+    try:
+        with open(path, encoding="utf-8") as f:
             return yaml.safe_load(f) or {}
-        except yaml.YAMLError as e:
-            raise ConfigError(f"{path}: not valid YAML: {e}") from None
+    except UnicodeDecodeError as e:  # a binary file, a checkpoint say
+        raise ConfigError(f"not a YAML file: byte {e.object[e.start]:#04x} at offset {e.start} is not "
+                          f"UTF-8 text (a checkpoint goes to --resume, not --config)") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"not valid YAML: {e}") from None
 
 
 def load_config(name_or_path: Optional[str] = "tiny", overrides=(), base: Optional[dict] = None) -> Config:
@@ -415,8 +423,8 @@ def load_config(name_or_path: Optional[str] = "tiny", overrides=(), base: Option
     if name_or_path:
         path = config_path(name_or_path)
         try:
-            apply_dict(cfg, load_yaml(path), path)
-        except ConfigError as e:
+            apply_dict(cfg, load_yaml(path), "top level")
+        except ConfigError as e:  # every error of the file names it
             raise ConfigError(f"{path}: {e}") from None
     for item in overrides:
         key, value = parse_override(item) if isinstance(item, str) else item

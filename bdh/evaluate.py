@@ -133,6 +133,26 @@ def checkpoint_score(metrics: Mapping, best_metric: str) -> tuple:
     return (-math.inf if overall is None else overall, neg_loss)
 
 
+def perplexity(loss: float) -> float:
+    """exp(loss); inf when that is past the float range (a loss above ~709 nats: a diverging run, which the
+    trainer's alerts and non-finite guard deal with, so an eval must not fail on it)."""
+    try:
+        return math.exp(loss)
+    except OverflowError:
+        return math.inf
+
+
+def finite_or_none(value):
+    """value with every non-finite float (in nested dicts and lists too) as None: JSON has no inf or NaN."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: finite_or_none(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite_or_none(v) for v in value]
+    return value
+
+
 def evaluate_checkpoint(model, cfg, records_by_task: Mapping[str, Sequence], max_samples: Optional[int] = 50,
                         max_loss_records: Optional[int] = None, max_new_tokens: int = 256,
                         prompt_bytes: Optional[int] = None, batch_size: int = 8, progress: bool = False) -> dict:
@@ -143,14 +163,14 @@ def evaluate_checkpoint(model, cfg, records_by_task: Mapping[str, Sequence], max
         records = list(records)[:max_loss_records]
         batches += [collate(records[i:i + batch_size], seq_len) for i in range(0, len(records), batch_size)]
     losses = val_losses(model, batches)
-    per_task = {t: {"val_loss": losses[f"val_loss_{t}"], "perplexity": math.exp(losses[f"val_loss_{t}"])}
+    per_task = {t: {"val_loss": losses[f"val_loss_{t}"], "perplexity": perplexity(losses[f"val_loss_{t}"])}
                 for t in records_by_task if f"val_loss_{t}" in losses}
     prompt_bytes = prompt_bytes or default_prompt_bytes(seq_len, max_new_tokens)
     gen = generation_metrics(model, records_by_task, max_samples, max_new_tokens, prompt_bytes, progress)
     for task, metrics in gen["tasks"].items():
         per_task.setdefault(task, {}).update(metrics)
     val_loss = losses.get("val_loss")  # None without val target bytes
-    return {"val_loss": val_loss, "perplexity": None if val_loss is None else math.exp(val_loss), "tasks": per_task,
+    return {"val_loss": val_loss, "perplexity": None if val_loss is None else perplexity(val_loss), "tasks": per_task,
             "metrics": gen["metrics"], "overall": gen["overall"], "samples": gen["samples"],
             "settings": {"max_samples": max_samples, "max_loss_records": max_loss_records,
                          "max_new_tokens": max_new_tokens, "prompt_bytes": prompt_bytes, "decoding": "greedy"}}
@@ -234,7 +254,7 @@ def main(argv=None) -> int:
     print(format_report(report))
     if args.out:
         try:
-            write_atomic(args.out, json.dumps(report, indent=1) + "\n")
+            write_atomic(args.out, json.dumps(finite_or_none(report), indent=1) + "\n")
         except OSError as e:
             print(f"error: --out: cannot write {args.out}: {e}", file=sys.stderr)
             return 1

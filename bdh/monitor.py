@@ -102,27 +102,48 @@ class MetricsReader:
 
     A last line without its newline is still being written: it is kept and completed by the next
     read. A complete line that is not a JSON object with a finite numeric ``step`` (NaN, Infinity and
-    1e400 are not) is counted in ``bad_lines`` and skipped. If the file shrinks (a run restarted over
-    the same folder), reading starts again from the top and ``restarted`` is set.
+    1e400 are not) is counted in ``bad_lines`` and skipped. If the file is rewritten, reading starts
+    again from the top and ``restarted`` is set: when the path names another file (the trainer
+    replaces metrics.jsonl atomically when a resumed run drops the rows after its checkpoint, and a
+    fresh run moves it aside), or when the file shrank (truncated in place). The file read is held open
+    (``close()``, or use the reader as a context manager), so that its inode cannot be reused by a new
+    file while it is held: a replaced file is always told apart, however much it has grown.
     """
 
     def __init__(self, path):
         self.path = Path(path)
+        self.file = None
         self.offset = 0
         self.partial = b""
         self.bad_lines = 0
         self.restarted = False
 
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def close(self) -> None:
+        if self.file is not None:
+            self.file.close()
+            self.file = None
+
+    def _rewritten(self, current: os.stat_result) -> bool:
+        held = os.fstat(self.file.fileno())
+        return (current.st_dev, current.st_ino) != (held.st_dev, held.st_ino) or current.st_size < self.offset
+
     def read(self) -> List[dict]:
         try:
-            size = self.path.stat().st_size
-        except FileNotFoundError:
+            current = self.path.stat()
+            if self.file is not None and self._rewritten(current):
+                self.close()
+                self.offset, self.partial, self.restarted = 0, b"", True
+            if self.file is None:
+                self.file = open(self.path, "rb")
+        except FileNotFoundError:  # not written yet, or moved aside and not yet written again
             return []
-        if size < self.offset:
-            self.offset, self.partial, self.restarted = 0, b"", True
-        with open(self.path, "rb") as f:
-            f.seek(self.offset)
-            data = f.read()
+        data = self.file.read()
         self.offset += len(data)
         lines = (self.partial + data).split(b"\n")
         self.partial = lines.pop()  # b"" when the data ended with a newline
@@ -446,10 +467,16 @@ class _Parser(argparse.ArgumentParser):
         self.exit(EXIT_ERROR, f"{self.prog}: error: {message}\n")
 
 
-def _positive(text: str) -> float:
-    value = float(text)
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+MAX_REFRESH = 86400.0  # a day; time.sleep cannot wait for inf, and a longer wait is surely a typo
+
+
+def _refresh_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not 0 < value <= MAX_REFRESH:
+        raise argparse.ArgumentTypeError(f"must be a number of seconds in (0, {MAX_REFRESH:g}], got {text!r}")
     return value
 
 
@@ -461,8 +488,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--plot", nargs="?", const="", default=None, metavar="PNG",
                         help=f"also write a PNG dashboard, refreshed with the view (default file: "
                              f"{DASHBOARD_FILE} in the run folder)")
-    parser.add_argument("--refresh", type=_positive, default=5.0, metavar="S",
-                        help="seconds between refreshes (default: %(default)s)")
+    parser.add_argument("--refresh", type=_refresh_seconds, default=5.0, metavar="S",
+                        help="seconds between refreshes, at most a day (default: %(default)s)")
     parser.add_argument("--export", metavar="FILE.csv", help="write every logged metric to CSV, then exit")
     parser.add_argument("--once", action="store_true",
                         help="print a summary and exit; status 2 if a critical alert is active at the end")
@@ -481,8 +508,9 @@ def run_once(args, out=None, err=None) -> int:
     metrics, note = find_metrics(args.log_dir)
     if note:
         print(note, file=err)
-    reader, state = MetricsReader(metrics), RunState(metrics)
-    state.add(reader.read())
+    state = RunState(metrics)
+    with MetricsReader(metrics) as reader:
+        state.add(reader.read())
     if not state.rows:
         raise MonitorError(f"{metrics} has no complete rows yet")
     if reader.partial.strip():
@@ -525,27 +553,26 @@ def follow(args, out=None, err=None, max_refreshes: Optional[int] = None) -> int
         time.sleep(args.refresh)
     if note:
         print(note, file=err, flush=True)
-    reader, state = MetricsReader(metrics), RunState(metrics)
-    plot = _plot_path(args, metrics)
-    first = True
-    while True:
-        rows = reader.read()
-        if reader.restarted:
-            print(f"{metrics} was rewritten from the start: reading it again", file=err, flush=True)
-            reader.restarted = False
-            state = RunState(metrics)
-        state.add(rows)
-        if rows or first or clear:
-            print(clear + render(state, metrics, reader), file=out, flush=True)
-            if not clear:
-                print("", file=out, flush=True)
-        if plot is not None and (rows or first) and state.rows:
-            write_dashboard(state, plot)
-        first = False
-        refreshes += 1
-        if max_refreshes is not None and refreshes >= max_refreshes:
-            return EXIT_OK
-        time.sleep(args.refresh)
+    state, plot, first = RunState(metrics), _plot_path(args, metrics), True
+    with MetricsReader(metrics) as reader:
+        while True:
+            rows = reader.read()
+            if reader.restarted:
+                print(f"{metrics} was rewritten from the start: reading it again", file=err, flush=True)
+                reader.restarted = False
+                state = RunState(metrics)
+            state.add(rows)
+            if rows or first or clear:
+                print(clear + render(state, metrics, reader), file=out, flush=True)
+                if not clear:
+                    print("", file=out, flush=True)
+            if plot is not None and (rows or first) and state.rows:
+                write_dashboard(state, plot)
+            first = False
+            refreshes += 1
+            if max_refreshes is not None and refreshes >= max_refreshes:
+                return EXIT_OK
+            time.sleep(args.refresh)
 
 
 def main(argv=None) -> int:

@@ -4,6 +4,7 @@
     python -m bdh.train --config small --name run1        # a tier by name, or --config path/to/custom.yaml
     python -m bdh.train --set training.learning_rate=3e-4 --set model.dropout=0.2
     python -m bdh.train --resume auto                     # the newest checkpoint of <log-dir>/<name>
+    python -m bdh.train --resume runs/run1                # the newest checkpoint of that run (or give one)
     python -m bdh.train --config medium --dry-run         # predicted peak memory and micro-batch, no training
     torchrun --nproc_per_node=4 -m bdh.train --config medium --distributed
 
@@ -50,6 +51,7 @@ import math
 import os
 import random
 import resource
+import shlex
 import signal
 import sys
 import threading
@@ -67,7 +69,7 @@ from bdh.checkpoint import CheckpointError, list_checkpoints, load_checkpoint, r
 from bdh.config import Config, ConfigError, load_config, parse_override, set_value, validate
 from bdh.data import IGNORE_INDEX, TASKS, CurriculumSampler, collate, load_splits
 from bdh.data.records import write_atomic
-from bdh.evaluate import checkpoint_score, quick_eval, token_losses, val_losses
+from bdh.evaluate import checkpoint_score, finite_or_none, perplexity, quick_eval, token_losses, val_losses
 from bdh.model import Hatching
 from bdh_kernels import backends as bdh_backends
 from bdh_kernels.cpu import flush_denormal
@@ -85,8 +87,9 @@ class TrainingStopped(RuntimeError):
 
 class StopRequest:
     """While training, the first SIGINT (Ctrl-C) or SIGTERM asks the loop to stop after the current step
-    and save a checkpoint; a second one interrupts at once. Outside the main thread (where handlers cannot
-    be installed) signals keep their default behaviour."""
+    and save a checkpoint; a second one interrupts at once (KeyboardInterrupt, and more are ignored until
+    training returns). Outside the main thread (where handlers cannot be installed) signals keep their
+    default behaviour."""
 
     SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
@@ -104,6 +107,8 @@ class StopRequest:
 
     def _handle(self, signum, frame):
         if self.signum is not None:
+            for s in self.SIGNALS:  # more of them would cut short the clean-up (a checkpoint's temp file)
+                signal.signal(s, signal.SIG_IGN)
             raise KeyboardInterrupt
         self.signum = signum
         if self.announce:
@@ -257,16 +262,9 @@ def evaluate_fn(model, batches, val_records, cfg, autocast) -> dict:
     """The periodic eval: val losses on the fixed batches, then the generation metrics (bdh.evaluate)."""
     metrics = val_losses(model, batches, autocast)
     if "val_loss" in metrics:
-        metrics["val_perplexity"] = math.exp(metrics["val_loss"])
+        metrics["val_perplexity"] = perplexity(metrics["val_loss"])
     metrics.update(quick_eval(model, val_records, cfg))
     return metrics
-
-
-# ------------------------------------------------------------------------------------------ logging
-def _finite_or_none(v):
-    if isinstance(v, float) and not math.isfinite(v):
-        return None
-    return v
 
 
 def use_config_optimizer_settings(optimizer, scheduler, t_cfg) -> None:
@@ -280,17 +278,32 @@ def use_config_optimizer_settings(optimizer, scheduler, t_cfg) -> None:
         group["lr"] = t_cfg.learning_rate * factor(scheduler.last_epoch)
 
 
-def load_data(cfg: Config, per_rank: int, first_weights: dict, rank: int, world: int):
-    """The prepared splits of ``data.dir`` and the curriculum sampler over their train records; a data
-    directory that is missing, empty or lacks a task the curriculum needs is a ConfigError naming it."""
+def load_data(cfg: Config, per_rank: int, stages: list, rank: int, world: int):
+    """The prepared splits of ``data.dir`` and the curriculum sampler over their train records (with the
+    first stage's mix); a data directory that is missing, empty or lacks train records of a task that any
+    stage draws is a ConfigError naming it, before training starts."""
+    where = f"data.dir={cfg.data.dir!r}" if cfg.data.dir else "the bundled starter set"
     try:
         splits = load_splits(cfg.data.dir, **({"max_bytes": cfg.data.max_bytes} if cfg.data.max_bytes else {}))
-        sampler = CurriculumSampler({t: s.train for t, s in splits.items()}, per_rank, first_weights,
+        train_records = {t: s.train for t, s in splits.items()}
+        check_stage_tasks(stages, train_records)
+        sampler = CurriculumSampler(train_records, per_rank, stages[0].weights,
                                     seed=cfg.training.seed, rank=rank, world_size=world)
-    except (OSError, ValueError) as e:
-        where = f"data.dir={cfg.data.dir!r}" if cfg.data.dir else "the bundled starter set"
+    except (OSError, ValueError) as e:  # ConfigError is a ValueError too
         raise ConfigError(f"{where}: {e}") from None
     return splits, sampler
+
+
+def check_stage_tasks(stages: list, train_records: dict) -> None:
+    """Each stage's tasks of positive weight must have train records: a ConfigError naming the first stage
+    that lacks some (the sampler would only find out at that stage's first step, after the ones before)."""
+    have = ", ".join(sorted(t for t, records in train_records.items() if records))
+    for i, stage in enumerate(stages):
+        missing = [f"{t} (weight {w})" for t, w in stage.weights.items() if w > 0 and not train_records.get(t)]
+        if missing:
+            raise ConfigError(f"stage {i + 1}/{len(stages)} {stage.name} (steps {stage.first}-{stage.last}) "
+                              f"draws tasks without train records: {', '.join(missing)} (tasks with records: "
+                              f"{have}); add their data, or give them weight 0 in curriculum.stages")
 
 
 LOG_FILES = ("metrics.jsonl", "skipped_steps.jsonl", "alerts.jsonl")
@@ -373,7 +386,7 @@ class RunLog:
         self.alert_monitor = AlertMonitor()  # its state travels in checkpoints
 
     def write(self, row: dict) -> list:
-        row = {k: _finite_or_none(v) for k, v in row.items()}
+        row = finite_or_none(row)
         self.metrics.write(json.dumps(row) + "\n")
         self.metrics.flush()
         numbers = {k: v for k, v in row.items() if isinstance(v, (int, float)) and k not in ("step", "time")}
@@ -388,7 +401,7 @@ class RunLog:
         return alerts
 
     def write_skipped(self, entry: dict) -> None:
-        self.skipped.write(json.dumps({k: _finite_or_none(v) for k, v in entry.items()}) + "\n")
+        self.skipped.write(json.dumps(finite_or_none(entry)) + "\n")
         self.skipped.flush()
 
     def close(self):
@@ -434,7 +447,13 @@ def restore(ckpt: dict, model, optimizer, scheduler, sampler, t_cfg) -> tuple:
     optimizer.load_state_dict(ckpt["optimizer_state"])
     scheduler.load_state_dict(ckpt["scheduler_state"])
     use_config_optimizer_settings(optimizer, scheduler, t_cfg)
-    sampler.load_state_dict(ckpt["sampler_state"])
+    try:
+        sampler.load_state_dict(ckpt["sampler_state"])
+    except ValueError as e:  # another data.dir, without a task the checkpoint's run had
+        saved_dir = ckpt["config"]["data"]["dir"]
+        saved_dir = repr(saved_dir) if saved_dir else "null (the bundled starter set)"
+        raise CheckpointError(f"the checkpoint's data position does not fit this run's data ({e}): resume with "
+                              f"the checkpoint's data.dir, {saved_dir}, or start a fresh run") from None
     set_rng_state(ckpt["rng_state"])
     return int(ckpt["step"]), dict(ckpt["eval_metrics"]), dict(ckpt.get("trainer_state", {}))
 
@@ -552,7 +571,8 @@ def train(cfg: Config, run_dir: str, device=None, dtype=None, resume_from=None, 
 
     device, dtype: torch.device / torch.dtype or their names; default the config's training.device and
     training.dtype. resume_from: a checkpoint's path or its loaded dict (bdh.checkpoint.load_checkpoint);
-    its model must be the config's, and the config's training settings win (check_resume).
+    its model and training.seed must be the config's, and the config's other training settings win
+    (check_resume).
     distributed: the process group is initialised (torchrun); rank 0 logs and saves. name: the wandb run
     name (default: run_dir's name). Raises ConfigError, CheckpointError, or TrainingStopped (a stop after
     too many non-finite steps, or Ctrl-C/SIGTERM, each with its checkpoint saved).
@@ -599,12 +619,18 @@ def train(cfg: Config, run_dir: str, device=None, dtype=None, resume_from=None, 
 
 def check_resume(ckpt: dict, cfg: Config) -> list:
     """The settings in which ``cfg`` differs from the checkpoint's config (``key: old -> new``). A different
-    model is a CheckpointError; a checkpoint at or past training.max_iters a ConfigError."""
-    changed = config_changes(Config.from_dict(ckpt["config"]).to_dict(), cfg.to_dict())
+    model is a CheckpointError; a different training.seed, or a checkpoint at or past training.max_iters,
+    a ConfigError."""
+    saved = Config.from_dict(ckpt["config"])
+    changed = config_changes(saved.to_dict(), cfg.to_dict())
     model = [c for c in changed if c.startswith("model.")]
     if model:
         raise CheckpointError("the checkpoint's model differs from the config (checkpoint -> config): "
                               + "; ".join(model))
+    if saved.training.seed != cfg.training.seed:  # the data order, whose position the checkpoint holds, is the seed's
+        raise ConfigError(f"training.seed: the checkpoint's run has seed {saved.training.seed}, the config "
+                          f"{cfg.training.seed}; a resumed run continues the same data order (resume with "
+                          f"training.seed={saved.training.seed}, or start a fresh run for another seed)")
     if ckpt["step"] >= cfg.training.max_iters:
         raise ConfigError(f"the checkpoint is at step {ckpt['step']}, training.max_iters is "
                           f"{cfg.training.max_iters}: nothing left to train (a larger --max-iters continues)")
@@ -640,7 +666,7 @@ def _train(cfg, run_dir, device, dtype, resume_from, distributed, use_wandb, nam
     optimizer, scheduler = make_optimizer(raw, cfg, device)
     torch.manual_seed(t_cfg.seed + rank)  # dropout differs between ranks
 
-    splits, sampler = load_data(cfg, per_rank, stages[0].weights, rank, world)
+    splits, sampler = load_data(cfg, per_rank, stages, rank, world)
     vals = val_batches(splits, cfg, micro)
     val_records = {t: s.val for t, s in splits.items() if s.val}
 
@@ -794,7 +820,8 @@ def _train(cfg, run_dir, device, dtype, resume_from, distributed, use_wandb, nam
             save(f"hatching_step_{step}.pt", step)
         saved = os.path.join(run_dir, f"hatching_step_{step}.pt")
         if step < t_cfg.max_iters and stop.requested(distributed, device):
-            stop_training(f"interrupted at step {step}; saved {saved}; continue with --resume auto", exit_code=130)
+            stop_training(f"interrupted at step {step}; saved {saved}; continue with: "
+                          f"{resume_command(saved, world)}", exit_code=130)
         if counters["bad_in_row"] >= mon.max_bad_steps:
             weights_ok = all(bool(torch.isfinite(p).all()) for p in params)
             stop_training(
@@ -821,8 +848,9 @@ def parse_args(argv=None):
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", default=None, help="tier name (tiny, small, medium, large) or a YAML path "
                    "(default: tiny; when resuming: the checkpoint's config)")
-    p.add_argument("--resume", default=None, help="a checkpoint path, or 'auto': the newest in <log-dir>/<name> "
-                   "(a fresh start when there is none)")
+    p.add_argument("--resume", default=None, help="a checkpoint path (the run goes on in its folder, with its "
+                   "config unless --config is given); a run's folder: its newest checkpoint; or 'auto': the newest "
+                   "in <log-dir>/<name> (a fresh start when there is none)")
     p.add_argument("--log-dir", default=None, help="default: runs")
     p.add_argument("--name", default=None, help="run name: <log-dir>/<name>/ (default: the config's name)")
     p.add_argument("--max-iters", type=int, default=None,
@@ -858,6 +886,21 @@ def make_config(args, base=None) -> Config:
     return validate(cfg)
 
 
+def newest_checkpoint(run_dir: str) -> str:
+    """``--resume`` given a run's folder: its newest checkpoint (as ``--resume auto`` picks)."""
+    found = list_checkpoints(run_dir)
+    if not found:
+        raise CheckpointError(f"--resume {run_dir!r}: a directory without checkpoints (hatching_*.pt)")
+    return found[0]
+
+
+def resume_command(checkpoint: str, world: int) -> str:
+    """The command that continues a run from ``checkpoint`` on ``world`` processes: its config and run
+    folder come from the checkpoint."""
+    launcher = f"torchrun --nproc_per_node={world} -m bdh.train --distributed" if world > 1 else "python -m bdh.train"
+    return f"{launcher} --resume {shlex.quote(checkpoint)}"
+
+
 def config_changes(old: dict, new: dict, prefix: str = "") -> list:
     """``key: old -> new`` for each setting that differs between two ``Config.to_dict()`` trees."""
     out = []
@@ -888,26 +931,33 @@ def main(argv=None) -> int:
             dist.init_process_group("gloo")
             args.device = "cpu"
     rank = dist.get_rank() if distributed else 0
+    run_dir = None
     try:
         config_name = os.path.splitext(os.path.basename(args.config))[0] if args.config else "tiny"
         log_dir = args.log_dir or "runs"
         name = args.name or config_name
         run_dir = os.path.join(log_dir, name)
         ckpt = None
-        if args.resume and args.resume != "auto" and args.name is None:  # continue in the checkpoint's run
-            run_dir = os.path.dirname(os.path.abspath(args.resume))
+        resume = args.resume
+        if resume and resume != "auto" and os.path.isdir(resume):
+            resume = newest_checkpoint(resume)
+        if resume and resume != "auto" and args.name is None:  # continue in the checkpoint's run
+            run_dir = os.path.dirname(os.path.abspath(resume))
             if args.log_dir is not None:
                 run_dir = os.path.join(args.log_dir, os.path.basename(run_dir))
-        if args.resume == "auto":
+            name = os.path.basename(run_dir)
+        if resume == "auto":
             found = list_checkpoints(run_dir)
             if found:
                 ckpt = load_checkpoint(found[0])
                 if rank == 0:
                     print(f"--resume auto: {found[0]} (step {ckpt['step']})")
             elif rank == 0:
-                print(f"--resume auto: no checkpoint in {run_dir}; starting fresh")
-        elif args.resume:
-            ckpt = load_checkpoint(args.resume)
+                why = "" if args.name else (f" (<log-dir>/<name>, and without --name the name is the config's, "
+                                            f"{config_name}: give the run's --name, or --resume its checkpoint)")
+                print(f"--resume auto: no checkpoint in {run_dir}{why}; starting a fresh run")
+        elif resume:
+            ckpt = load_checkpoint(resume)
         cfg = make_config(args, base=ckpt["config"] if ckpt and not args.config else None)
         if ckpt is not None:
             changed = check_resume(ckpt, cfg)  # train() checks again and says what changed
@@ -936,6 +986,15 @@ def main(argv=None) -> int:
         if rank == 0 or not isinstance(e, TrainingStopped):  # a stop is the same on every rank: say it once
             print(f"error: {e}" if not isinstance(e, TrainingStopped) else str(e), file=sys.stderr)
         return 1 if not isinstance(e, TrainingStopped) else e.exit_code
+    except KeyboardInterrupt:  # a second Ctrl-C while training, or one before: at once (a checkpoint being
+        # written is dropped, its temp file removed), without a traceback
+        if rank == 0:
+            found = list_checkpoints(run_dir) if run_dir else []
+            world = dist.get_world_size() if distributed else 1
+            print("interrupted: stopped at once, without a checkpoint of this step"
+                  + (f"; the newest is {found[0]}: continue with: {resume_command(found[0], world)}"
+                     if found else ""), file=sys.stderr)
+        return 130
     finally:
         if distributed and dist.is_initialized():
             dist.destroy_process_group()

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 from bdh.config import load_config
 from bdh.data import TASKS, Record, collate, load_splits
-from bdh.evaluate import checkpoint_score, evaluate_checkpoint, main, quick_eval, val_losses
+from bdh.evaluate import checkpoint_score, evaluate_checkpoint, finite_or_none, main, quick_eval, val_losses
 
 from train_cases import MICRO, small_model
 
@@ -120,3 +120,20 @@ def test_cli_names_a_damaged_gzip_split(micro_checkpoint, tmp_path, capsys, data
     assert main(["--checkpoint", micro_checkpoint, "--data-dir", str(tmp_path / "data")]) == 1
     err = capsys.readouterr().err
     assert err.startswith("error: ") and f"{folder / 'val.jsonl.gz'}: truncated or not gzip data" in err
+
+
+@pytest.mark.parametrize("key, value, kind", [("model_state", "weights", "str"), ("step", "4", "str"),
+                                              ("step", True, "bool"), ("config", [1], "list")])
+def test_cli_names_a_checkpoint_field_of_the_wrong_type(micro_checkpoint, tmp_path, capsys, key, value, kind):
+    ckpt = torch.load(micro_checkpoint, weights_only=True)
+    ckpt[key] = value
+    torch.save(ckpt, tmp_path / "odd.pt")
+    assert main(["--checkpoint", str(tmp_path / "odd.pt")]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and f"({key} is a {kind}, not a" in err
+
+
+def test_the_report_has_no_infinity_or_nan_for_json():
+    report = {"perplexity": math.inf, "tasks": {"a": {"perplexity": float("nan"), "n": 3}}, "samples": [1.5, -math.inf]}
+    assert json.dumps(finite_or_none(report), allow_nan=False) == (
+        '{"perplexity": null, "tasks": {"a": {"perplexity": null, "n": 3}}, "samples": [1.5, null]}')

@@ -62,13 +62,13 @@ def test_reader_keeps_a_partial_last_line_until_it_is_complete(tmp_path):
     path = tmp_path / "metrics.jsonl"
     line = json.dumps({"step": 20, "train_loss": 4.0})
     write_metrics(path, [{"step": 10, "train_loss": 5.0}], partial_tail=line[:11])
-    reader = MetricsReader(path)
-    assert [r["step"] for r in reader.read()] == [10]
-    assert reader.read() == []
-    with open(path, "a") as f:
-        f.write(line[11:] + "\nnot json\n" + json.dumps([1, 2]) + "\n" + json.dumps({"step": 30}) + "\n")
-    assert [r["step"] for r in reader.read()] == [20, 30]
-    assert reader.bad_lines == 2 and not reader.restarted
+    with MetricsReader(path) as reader:
+        assert [r["step"] for r in reader.read()] == [10]
+        assert reader.read() == []
+        with open(path, "a") as f:
+            f.write(line[11:] + "\nnot json\n" + json.dumps([1, 2]) + "\n" + json.dumps({"step": 30}) + "\n")
+        assert [r["step"] for r in reader.read()] == [20, 30]
+        assert reader.bad_lines == 2 and not reader.restarted
 
 
 @pytest.mark.parametrize("step", ["NaN", "Infinity", "-Infinity", "1e400"])
@@ -76,19 +76,46 @@ def test_a_row_whose_step_is_not_finite_is_skipped_and_counted(tmp_path, capsys,
     path = tmp_path / "metrics.jsonl"
     path.write_text(json.dumps({"step": 100, "train_loss": 3.0}) + "\n"
                     + f'{{"step": {step}, "train_loss": 2.0}}\n' + json.dumps({"step": 10**30}) + "\n")
-    reader = MetricsReader(path)
-    assert [r["step"] for r in reader.read()] == [100, 10**30]  # a huge int is still a step
-    assert reader.bad_lines == 1
+    with MetricsReader(path) as reader:
+        assert [r["step"] for r in reader.read()] == [100, 10**30]  # a huge int is still a step
+        assert reader.bad_lines == 1
     assert main(["--log-dir", str(tmp_path), "--once"]) == EXIT_OK
     assert "(1 unreadable line(s) skipped)" in capsys.readouterr().out
 
 
 def test_reader_starts_again_when_the_file_is_rewritten(tmp_path):
     path = write_metrics(tmp_path / "metrics.jsonl", healthy_rows(100, log_every=10))
-    reader = MetricsReader(path)
-    assert len(reader.read()) == 11
-    write_metrics(path, [{"step": 0, "train_loss": 5.5}])
-    assert [r["step"] for r in reader.read()] == [0] and reader.restarted
+    with MetricsReader(path) as reader:
+        assert len(reader.read()) == 11
+        write_metrics(path, [{"step": 0, "train_loss": 5.5}])
+        assert [r["step"] for r in reader.read()] == [0] and reader.restarted
+
+
+def test_reader_starts_again_when_the_file_is_replaced_by_a_longer_one(tmp_path):
+    """A resumed run replaces metrics.jsonl (atomically) without the rows after its checkpoint, then logs
+    them again: by the next read the file may have grown past the bytes already read."""
+    path = tmp_path / "metrics.jsonl"
+    write_metrics(path, [{"step": s, "train_loss": 5.0} for s in (1, 2, 3)])
+    with MetricsReader(path) as reader:
+        assert [r["train_loss"] for r in reader.read()] == [5.0] * 3
+        replacement = write_metrics(tmp_path / "new.jsonl", [{"step": s, "train_loss": 4.0 - s / 10}
+                                                             for s in (1, 2, 3, 4, 5)])
+        os.replace(replacement, path)
+        assert [(r["step"], r["train_loss"]) for r in reader.read()] == [(s, 4.0 - s / 10) for s in (1, 2, 3, 4, 5)]
+        assert reader.restarted
+
+
+def test_a_resumed_trainer_run_restarts_the_reader(tmp_path):
+    """The trainer's own rewrite (a resume dropping the rows after its checkpoint) is seen as one."""
+    from bdh.train import drop_rows_after
+
+    path = write_metrics(tmp_path / "metrics.jsonl", [{"step": s, "train_loss": 5.0} for s in (1, 2, 3)])
+    with MetricsReader(path) as reader:
+        assert len(reader.read()) == 3
+        drop_rows_after(str(path), 1)
+        with open(path, "a") as f:
+            f.writelines(json.dumps({"step": s, "train_loss": 1.0, "resumed": True}) + "\n" for s in (2, 3, 4))
+        assert [r["step"] for r in reader.read()] == [1, 2, 3, 4] and reader.restarted
 
 
 # -- --once
@@ -277,10 +304,12 @@ def test_help_explains(capsys):
         assert words in text
 
 
-def test_bad_option_is_exit_1_not_the_critical_status(capsys):
+@pytest.mark.parametrize("refresh", ["0", "-1", "nan", "inf", "1e300", "soon"])
+def test_bad_option_is_exit_1_not_the_critical_status(capsys, refresh):
     with pytest.raises(SystemExit) as exit_:
-        main(["--refresh", "0"])
+        main(["--refresh", refresh])
     assert exit_.value.code == EXIT_ERROR
+    assert f"--refresh: must be a number of seconds in (0, 86400], got '{refresh}'" in capsys.readouterr().err
 
 
 def test_once_shows_the_latest_evals_answer_metrics(tmp_path, capsys):

@@ -2,6 +2,8 @@
 import json
 import math
 import os
+import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -14,9 +16,11 @@ import torch
 import bdh.train as train_module
 from bdh.checkpoint import CHECKPOINT_KEYS, CheckpointError, list_checkpoints, load_checkpoint, save_checkpoint
 from bdh.config import ConfigError, load_config, stage_schedule
+from bdh.data import load_splits
+from bdh.data.prepare import STARTER_DIR
 from bdh.train import main
 
-from train_cases import CUSTOM, METRIC_KEYS, MICRO, rows, run_args, subprocess_env
+from train_cases import CUSTOM, METRIC_KEYS, MICRO, SMALL, rows, run_args, small_model, subprocess_env
 
 
 # ------------------------------------------------------------------------------------------- config
@@ -66,6 +70,25 @@ def test_cli_reports_a_typo_with_its_key(tmp_path, capsys):
     path.write_text(open(CUSTOM).read().replace("learning_rate", "learning_rte"))
     assert main(["--config", str(path), "--log-dir", str(tmp_path), "--dry-run"]) == 1
     assert "training.learning_rte" in capsys.readouterr().err
+
+
+def test_a_config_path_that_is_no_yaml_file_is_a_config_error(tmp_path, capsys):
+    binary = tmp_path / "model.pt"
+    binary.write_bytes(b"PK\x03\x04" + bytes(range(128, 256)))  # a checkpoint is a zip archive
+    assert main(["--config", str(binary), "--log-dir", str(tmp_path), "--dry-run"]) == 1
+    assert f"error: {binary}: not a YAML file: byte 0x80 at offset 4 is not UTF-8 text" in capsys.readouterr().err
+    assert main(["--config", str(tmp_path), "--log-dir", str(tmp_path), "--dry-run"]) == 1
+    assert f"error: config file {str(tmp_path)!r} is a directory" in capsys.readouterr().err
+    (tmp_path / "list.yaml").write_text("- a\n- b\n")
+    with pytest.raises(ConfigError, match=r"list.yaml: top level: expected a mapping of sections, got list$"):
+        load_config(str(tmp_path / "list.yaml"))
+
+
+def test_a_min_lr_above_a_lowered_learning_rate_shows_both_and_the_fix(capsys):
+    assert main(["--set", "training.learning_rate=1e-4", "--dry-run"]) == 1  # the tiny tier's min_lr is 2e-4
+    assert ("training.min_lr: must be in [0, training.learning_rate] or null, got 0.0002 with learning_rate 0.0001 "
+            "(lowering the learning rate? set training.min_lr too") in capsys.readouterr().err
+    assert main(["--set", "training.learning_rate=1e-4", "training.min_lr=1e-5", "--dry-run"]) == 0
 
 
 def test_set_overrides_any_field_with_types():
@@ -184,6 +207,27 @@ def test_short_run_writes_metrics_checkpoints_and_events(tmp_path):
     assert best["eval_metrics"]["val_loss"] == min(r["val_loss"] for r in evals)  # monitor.best_metric: val_loss
 
 
+def test_a_val_loss_past_the_float_range_gives_an_infinite_perplexity(tmp_path, monkeypatch):
+    """A diverging run's val loss (> ~709 nats) overflows exp(): the perplexity is inf (null in the metrics,
+    which raises the NaN alert) and the run goes on."""
+    import bdh.evaluate as evaluate_module
+
+    assert train_module.perplexity(800.0) == math.inf and train_module.perplexity(1.0) == math.e
+    real = train_module.val_losses
+    monkeypatch.setattr(train_module, "val_losses", lambda *args: {**real(*args), "val_loss": 800.0})
+    assert main(run_args(tmp_path, iters=2)) == 0
+    evals = [r for r in rows(tmp_path / "run" / "metrics.jsonl") if "val_loss" in r]
+    assert evals and all(r["val_loss"] == 800.0 and r["val_perplexity"] is None for r in evals)
+    assert load_checkpoint(str(tmp_path / "run" / "hatching_final.pt"))["eval_metrics"]["val_perplexity"] == math.inf
+    assert "val_perplexity=null" in (tmp_path / "run" / "alerts.jsonl").read_text()
+
+    monkeypatch.setattr(evaluate_module, "val_losses", lambda *args: {"val_loss": 800.0, "val_loss_tool_use": 900.0})
+    records = load_splits()["tool_use"].val[:1]
+    report = evaluate_module.evaluate_checkpoint(small_model(), load_config("tiny", SMALL), {"tool_use": records},
+                                                 max_samples=0)
+    assert report["perplexity"] == math.inf and report["tasks"]["tool_use"]["perplexity"] == math.inf
+
+
 def _has_tensorboard():
     try:
         import tensorboard  # noqa: F401
@@ -287,9 +331,52 @@ def test_ctrl_c_saves_a_checkpoint_and_resume_continues(tmp_path):
     assert proc.returncode == 130, err
     (saved,) = (tmp_path / "run").glob("hatching_step_*.pt")
     step = load_checkpoint(str(saved))["step"]
-    assert 2 <= step < 400 and f"interrupted at step {step}; saved" in err and "--resume auto" in err
-    assert main(run_args(tmp_path, "--resume", "auto", iters=step + 2, sets=sets)) == 0
+    assert 2 <= step < 400 and f"interrupted at step {step}; saved {saved}; continue with: " in err
+    command = shlex.split(err.split("continue with: ")[1].splitlines()[0])
+    assert command == ["python", "-m", "bdh.train", "--resume", str(saved)]  # the run's config and folder are the checkpoint's
+    assert main(command[3:] + ["--max-iters", str(step + 2)]) == 0  # (only fewer steps than the 400)
     assert load_checkpoint(str(tmp_path / "run" / "hatching_final.pt"))["step"] == step + 2
+    assert [r["step"] for r in rows(tmp_path / "run" / "metrics.jsonl")] == list(range(1, step + 3))
+
+
+def test_resume_auto_says_where_it_looked(tmp_path, capsys):
+    assert main(["--log-dir", str(tmp_path), "--resume", "auto", "--dry-run"]) == 0
+    assert (f"--resume auto: no checkpoint in {tmp_path / 'tiny'} (<log-dir>/<name>, and without --name the name "
+            "is the config's, tiny: give the run's --name, or --resume its checkpoint); starting a fresh run"
+            in capsys.readouterr().out)
+
+
+SLOW_INTERRUPT_SAVE = textwrap.dedent("""
+    import sys, time, torch
+    import bdh.train
+    real_save = torch.save
+    def slow_save(obj, f):  # the checkpoint of a stop (hatching_step_N.pt: save_freq is out of reach) is slow
+        real_save(obj, f)
+        if ".hatching_step_" in f.name:
+            f.flush()
+            print("WRITING", flush=True)
+            time.sleep(60)
+    torch.save = slow_save
+    sys.exit(bdh.train.main(sys.argv[1:]))
+""")
+
+
+def test_a_second_ctrl_c_during_the_interrupt_checkpoint_stops_quietly(tmp_path):
+    sets = ["monitor.log_freq=1", "monitor.save_freq=1000"]
+    cmd = [sys.executable, "-c", SLOW_INTERRUPT_SAVE, "--device", "cpu"] + run_args(tmp_path, iters=400, sets=sets)
+    proc = subprocess.Popen(cmd, env=subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    metrics = tmp_path / "run" / "metrics.jsonl"
+    while proc.poll() is None and not (metrics.exists() and "train_loss" in metrics.read_text()):
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    for line in proc.stdout:  # the progress lines, then the write of the checkpoint
+        if line.strip() == "WRITING":
+            break
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 130, err
+    assert "interrupted: stopped at once, without a checkpoint of this step" in err and "Traceback" not in err
+    assert not list((tmp_path / "run").glob("*hatching_step_*"))  # neither the checkpoint nor its temp file
 
 
 def test_resume_takes_the_configs_optimizer_settings(tmp_path, capsys):
@@ -394,6 +481,50 @@ def test_a_missing_or_empty_data_dir_is_a_config_error(tmp_path, capsys):
     for data_dir in (tmp_path / "missing", tmp_path / "empty"):
         assert main(run_args(tmp_path, iters=2, sets=[f"data.dir={data_dir}"])) == 1
         assert f"error: data.dir={str(data_dir)!r}" in capsys.readouterr().err
+
+
+def two_task_data(tmp_path):
+    """A data folder of the starter set's text_completion and chain_of_thought only: stage 1's tasks."""
+    for task in ("text_completion", "chain_of_thought"):
+        shutil.copytree(os.path.join(STARTER_DIR, task), tmp_path / "data" / task)
+    return tmp_path / "data"
+
+
+def test_a_task_that_a_later_stage_needs_and_the_data_lacks_is_a_config_error_up_front(tmp_path, capsys):
+    data = two_task_data(tmp_path)
+    assert main(run_args(tmp_path, iters=8, sets=[f"data.dir={data}"])) == 1
+    assert (f"error: data.dir={str(data)!r}: stage 2/4 function_calling (steps 3-4) draws tasks without train "
+            "records: function_call (weight 0.4) (tasks with records: chain_of_thought, text_completion)"
+            in capsys.readouterr().err)
+    assert not list((tmp_path / "run").iterdir())  # before any training: no logs, no checkpoint
+
+
+def test_resume_refuses_another_seed_and_data_that_lacks_the_checkpoints_tasks(tmp_path, capsys):
+    assert main(run_args(tmp_path, iters=2)) == 0
+    logged = (tmp_path / "run" / "metrics.jsonl").read_text()
+    assert main(run_args(tmp_path, "--resume", "auto", iters=4, sets=["training.seed=7"])) == 1
+    assert ("error: training.seed: the checkpoint's run has seed 1337, the config 7; a resumed run continues the "
+            "same data order (resume with training.seed=1337") in capsys.readouterr().err
+    stage_1_only = "curriculum.stages=[{iters: 1, weights: {text_completion: 1}}]"
+    assert main(run_args(tmp_path, "--resume", "auto", iters=4,
+                         sets=[f"data.dir={two_task_data(tmp_path)}", stage_1_only])) == 1
+    err = capsys.readouterr().err
+    assert "error: the checkpoint's data position does not fit this run's data (" in err
+    assert "resume with the checkpoint's data.dir, null (the bundled starter set), or start a fresh run" in err
+    assert (tmp_path / "run" / "metrics.jsonl").read_text() == logged
+
+
+def test_resume_from_a_runs_folder_takes_its_newest_checkpoint(tmp_path, capsys):
+    assert main(run_args(tmp_path, iters=2)) == 0
+    run = tmp_path / "run"
+    with pytest.raises(CheckpointError, match=f"checkpoint {str(run)!r} is a directory, not a checkpoint file "
+                                              f"\\(its newest checkpoint: {run / 'hatching_final.pt'}\\)"):
+        load_checkpoint(str(run))
+    assert main(["--resume", str(run), "--max-iters", "3"]) == 0
+    assert load_checkpoint(str(run / "hatching_final.pt"))["step"] == 3
+    (tmp_path / "empty").mkdir()
+    assert main(["--resume", str(tmp_path / "empty"), "--max-iters", "3"]) == 1
+    assert f"error: --resume {str(tmp_path / 'empty')!r}: a directory without checkpoints" in capsys.readouterr().err
 
 
 KILL_DURING_WRITE = textwrap.dedent("""
