@@ -31,8 +31,8 @@ from bdh.evaluate import token_losses
 from bdh.model import Hatching
 from bdh.train import choose_micro_batch, predict_peak_bytes, resolve_dtype
 from bdh_kernels.cpu import flush_denormal
-from goals import load_cases, print_goals, verdict
-from report import report_main
+from goals import print_goals, verdict
+from report import load_cases, report_main
 
 SMOKE_MODEL = ["model.n_layer=2", "model.n_embd=32", "model.n_head=2", "model.mlp_internal_dim_multiplier=4",
                "training.batch_size=4", "training.max_seq_len=32"]
@@ -222,42 +222,57 @@ def test_model_goals(full, capsys):
 
 
 # --------------------------------------------------------------------------------------------- report
+CASE_FIELDS = {  # per model_case, the extra_info fields that the tables and the goal lines read
+    "train_step": ("variant", "batch", "tokens_per_s", "kernel_share"),
+    "generate": ("context", "per_byte_s"),
+    "recompute": ("context", "per_byte_s"),
+    "tier": ("variant", "device", "dtype", "micro_batch", "seq_len", "peak_bytes", "predicted_bytes", "tokens_per_s",
+             "kernel_share"),
+}
+
+
+def case_row(info, stats) -> dict:
+    """The fields of a model case that the tables and the goal lines read."""
+    names = ("model_case", "full") + CASE_FIELDS.get(info["model_case"], ())
+    return {**{name: info[name] for name in names}, "median_s": stats["median"], "rounds": stats["rounds"]}
+
+
 def markdown(path):
     """The Markdown tables of the model cases in a pytest-benchmark JSON."""
-    cases = load_cases(path, "model_case")
+    _, cases = load_cases(path, "model_case", "model", case_row)
     if not cases:
         return f"no model benchmark in {path}"
     results = {}
     out = []
-    steps = [(i, s) for i, s in cases if i["model_case"] == "train_step"]
+    steps = [r for r in cases if r["model_case"] == "train_step"]
     if steps:
         out += ["| train step (cpu, fp32) | batch | median ms | tokens/s | bdh:: ops share | rounds |", "|---|---|---|---|---|---|"]
-        for i, s in steps:
-            share = f"{i['kernel_share']:.1%}" if i.get("kernel_share") is not None else "–"
-            out.append(f"| {i['variant']} ops | {i['batch']} | {s['median'] * 1e3:.0f} | {i['tokens_per_s']:.0f} | {share} | {s['rounds']} |")
-            results[("train_step", i["variant"])] = {"median_s": s["median"], **i}
+        for r in steps:
+            share = f"{r['kernel_share']:.1%}" if r["kernel_share"] is not None else "–"
+            out.append(f"| {r['variant']} ops | {r['batch']} | {r['median_s'] * 1e3:.0f} | {r['tokens_per_s']:.0f} | "
+                       f"{share} | {r['rounds']} |")
+            results[("train_step", r["variant"])] = r
         out.append("")
-    gens = [(i, s) for i, s in cases if i["model_case"] in ("generate", "recompute")]
+    gens = [r for r in cases if r["model_case"] in ("generate", "recompute")]
     if gens:
         out += ["| generation (cpu, fp32) | context | ms per new byte | rounds |", "|---|---|---|---|"]
-        contexts = sorted({i["context"] for i, _ in gens})
-        for i, s in gens:
-            per_byte = i["per_byte_s"]
-            out.append(f"| {'from the state' if i['model_case'] == 'generate' else 'recompute the context'} | "
-                       f"{i['context']} | {per_byte * 1e3:.2f} | {s['rounds']} |")
-            results[(i["model_case"], contexts.index(i["context"]))] = {"median_s": s["median"], **i}
+        contexts = sorted({r["context"] for r in gens})
+        for r in gens:
+            out.append(f"| {'from the state' if r['model_case'] == 'generate' else 'recompute the context'} | "
+                       f"{r['context']} | {r['per_byte_s'] * 1e3:.2f} | {r['rounds']} |")
+            results[(r["model_case"], contexts.index(r["context"]))] = r
         out.append("")
-    tiers = [(i, s) for i, s in cases if i["model_case"] == "tier"]
+    tiers = [r for r in cases if r["model_case"] == "tier"]
     if tiers:
         out += ["| tier | device | dtype | micro-batch x seq | peak GiB | predicted GiB | tokens/s | bdh:: ops share |",
                 "|---|---|---|---|---|---|---|---|"]
-        for i, s in tiers:
-            out.append(f"| {i['variant']} | {i['device']} | {i['dtype']} | {i['micro_batch']} x {i['seq_len']} | "
-                       f"{i['peak_bytes'] / 2**30:.2f} | {i['predicted_bytes'] / 2**30:.2f} | {i['tokens_per_s']:.0f} | "
-                       f"{i['kernel_share']:.1%} |")
-            results[("tier", i["variant"])] = {"median_s": s["median"], **i}
+        for r in tiers:
+            out.append(f"| {r['variant']} | {r['device']} | {r['dtype']} | {r['micro_batch']} x {r['seq_len']} | "
+                       f"{r['peak_bytes'] / 2**30:.2f} | {r['predicted_bytes'] / 2**30:.2f} | {r['tokens_per_s']:.0f} | "
+                       f"{r['kernel_share']:.1%} |")
+            results[("tier", r["variant"])] = r
         out.append("")
-    return "\n".join(out + goal_lines(results, all(i["full"] for i, _ in cases)))
+    return "\n".join(out + goal_lines(results, all(r["full"] for r in cases)))
 
 
 if __name__ == "__main__":

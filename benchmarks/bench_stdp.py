@@ -39,9 +39,9 @@ import bdh_kernels
 import bdh_kernels.stdp as stdp_module
 from bdh_kernels import backends as bdh_backends
 from bdh_kernels import reference
-from goals import load_cases, print_goals, verdict
+from goals import print_goals, verdict
 from memory import peak_cpu_bytes, peak_gpu_bytes
-from report import report_main
+from report import load_cases, report_main
 
 INSTALL = "pip install --no-deps -r requirements-peers.txt"
 TAU_PRE = TAU_POST = 20.0
@@ -218,19 +218,27 @@ def test_spike_product_cpu(benchmark, full, lib, density):
                                  "n_in": n_in, "full": full})
 
 
+def product_row(info, stats) -> dict:
+    """The fields of a one-product case that the table reads."""
+    return {"product": info["spike_product"], "density": info["density"], "rows": info["rows"],
+            "n_out": info["n_out"], "n_in": info["n_in"], "median_s": stats["median"]}
+
+
 def product_table(path):
     """The Markdown table of the one-product cases in a pytest-benchmark JSON ('' when there are none)."""
-    medians = {(i["spike_product"], i["density"]): (i, s["median"]) for i, s in load_cases(path, "spike_product")}
-    if not medians:
+    _, rows = load_cases(path, "spike_product", "spike product", product_row)
+    if not rows:
         return ""
-    info = next(iter(medians.values()))[0]
-    out = [f"one product, post^T @ trace_pre: [{info['rows']}, {info['n_out']}] spikes, [{info['rows']}, "
-           f"{info['n_in']}] traces:", "", "| spike probability | spike_matmul ms | torch.mm ms | torch.mm / spike_matmul |",
+    medians = {(r["product"], r["density"]): r["median_s"] for r in rows}
+    first = rows[0]
+    title = (f"one product, post^T @ trace_pre: [{first['rows']}, {first['n_out']}] spikes, [{first['rows']}, "
+             f"{first['n_in']}] traces:")
+    out = [title, "", "| spike probability | spike_matmul ms | torch.mm ms | torch.mm / spike_matmul |",
            "|---|---|---|---|"]
     for density in sorted({d for _, d in medians}):
         sparse, dense = medians.get(("spike_matmul", density)), medians.get(("mm", density))
         if sparse and dense:
-            out.append(f"| {density} | {sparse[1] * 1e3:.2f} | {dense[1] * 1e3:.2f} | {dense[1] / sparse[1]:.1f}x |")
+            out.append(f"| {density} | {sparse * 1e3:.2f} | {dense * 1e3:.2f} | {dense / sparse:.1f}x |")
     return "\n".join(out + [""])
 
 
@@ -262,31 +270,36 @@ def test_stdp_goals(full, capsys):
 
 
 # --------------------------------------------------------------------------------------------- report
+def update_row(info, stats) -> dict:
+    """The fields of an update case that the table and the goal lines read."""
+    return {"library": info["stdp_library"], "device": info["device"], "shape": info["shape"], "full": info["full"],
+            "peak_bytes": info["peak_bytes"], "median_s": stats["median"], "rounds": stats["rounds"]}
+
+
 def markdown(path):
     """The Markdown table of the STDP cases in a pytest-benchmark JSON."""
-    rows = load_cases(path, "stdp_library")
+    _, rows = load_cases(path, "stdp_library", "STDP", update_row)
     if not rows:
         return f"no STDP benchmark in {path}"
-    results = {(i["device"], i["stdp_library"]): {"median_s": s["median"], "peak_bytes": i["peak_bytes"]}
-               for i, s in rows}
+    results = {(r["device"], r["library"]): r for r in rows}
     out = []
     for device in ("cpu", "cuda"):
-        grp = [(i, s) for i, s in rows if i["device"] == device]
+        grp = [r for r in rows if r["device"] == device]
         if not grp:
             continue
-        t, b, n_in, n_out = grp[0][0]["shape"]
+        t, b, n_in, n_out = grp[0]["shape"]
         floor = results.get((device, "floor"), {}).get("median_s")
         sj = results.get((device, "spikingjelly"), {}).get("median_s")
         out += [f"{device}, fp32, T={t}, B={b}, Nin={n_in}, Nout={n_out}, spike probability {SPIKE_PROB}:", "",
                 "| library | median ms | / floor | SpikingJelly / this | peak MiB allocated | rounds |",
                 "|---|---|---|---|---|---|"]
-        for i, s in grp:
-            m = s["median"]
-            out.append(f"| {i['stdp_library']} | {m * 1e3:.1f} | {m / floor:.2f} | " if floor else
-                       f"| {i['stdp_library']} | {m * 1e3:.1f} | – | ")
-            out[-1] += (f"{sj / m:.0f} | " if sj else "– | ") + f"{i['peak_bytes'] / 2**20:.1f} | {s['rounds']} |"
+        for r in grp:
+            m = r["median_s"]
+            out.append(f"| {r['library']} | {m * 1e3:.1f} | {m / floor:.2f} | " if floor else
+                       f"| {r['library']} | {m * 1e3:.1f} | – | ")
+            out[-1] += (f"{sj / m:.0f} | " if sj else "– | ") + f"{r['peak_bytes'] / 2**20:.1f} | {r['rounds']} |"
         out.append("")
-    return "\n".join(out + goal_lines(results, all(i["full"] for i, _ in rows)))
+    return "\n".join(out + goal_lines(results, all(r["full"] for r in rows)))
 
 
 if __name__ == "__main__":

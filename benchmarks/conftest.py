@@ -24,6 +24,10 @@ Why ``bench_lif.py`` and not ``test_lif.py``: the benchmark files are named for 
 never picked up by a run that looks for tests (``python_files`` is ``test_*.py``). ``python_files`` is an
 ini option and cannot be set from a conftest, so :func:`pytest_collect_file` below collects ``bench_*.py``
 under this folder as test modules instead.
+
+Without pytest-benchmark (not installed, or ``-p no:benchmark``) the run still starts: the header says so
+and the cases that time something (they take its ``benchmark`` fixture) are skipped; ``pip install -e
+".[test]"`` installs it.
 """
 import os
 
@@ -42,6 +46,28 @@ SWEEP_CPU_SHAPES = [(8, 32, 4096), (32, 32, 4096), (512, 32, 4096),
                     (128, 8, 1024), (128, 8, 4096), (128, 8, 16384), (128, 8, 65536)]
 SWEEP_GPU_SHAPES = [(8, 32, 131072), (32, 32, 131072), (128, 32, 131072), (256, 32, 131072),
                     (128, 8, 16384), (128, 8, 65536), (128, 8, 262144), (128, 8, 524288)]
+
+
+NO_PLUGIN = 'pytest-benchmark is not loaded (pip install -e ".[test]" installs it): the benchmark cases are skipped'
+
+
+def has_plugin(config) -> bool:
+    """Whether pytest-benchmark is loaded (installed, and not disabled with ``-p no:benchmark``)."""
+    return config.pluginmanager.hasplugin("benchmark")
+
+
+def pytest_report_header(config):
+    return None if has_plugin(config) else NO_PLUGIN
+
+
+def pytest_collection_modifyitems(config, items):
+    """Without pytest-benchmark, skip the cases that need its ``benchmark`` fixture; the others still run."""
+    if has_plugin(config):
+        return
+    skip = pytest.mark.skip(reason=NO_PLUGIN)
+    for item in items:
+        if "benchmark" in getattr(item, "fixturenames", ()):
+            item.add_marker(skip)
 
 
 def pytest_addoption(parser):
@@ -149,6 +175,7 @@ def _busy_note():
     return None
 
 
+@pytest.hookimpl(optionalhook=True)  # pytest-benchmark's hook: unknown to pytest without it
 def pytest_benchmark_update_machine_info(config, machine_info):
     """Put what the report needs into the JSON's machine_info: torch, threads, backends, peer versions."""
     import importlib.metadata as md

@@ -1,6 +1,4 @@
-"""Shared by the benchmark modules: a goal's verdict, printing the goal lines, and reading cases back from
-a pytest-benchmark JSON."""
-import json
+"""Shared by the benchmark modules: a goal's verdict and printing the goal lines."""
 
 
 def verdict(ok: bool, full: bool) -> str:
@@ -13,9 +11,3 @@ def print_goals(capsys, title: str, lines, full: bool, nothing: str) -> None:
     with capsys.disabled():
         print(f"\n[{title}" + ("" if full else ": smoke sizes") + "]\n" + "\n".join(lines or [nothing]))
 
-
-def load_cases(path, marker: str) -> list:
-    """(extra_info, stats) of each case in a pytest-benchmark JSON whose extra_info holds ``marker``."""
-    with open(path) as f:
-        data = json.load(f)
-    return [(b["extra_info"], b["stats"]) for b in data.get("benchmarks", []) if marker in b.get("extra_info", {})]

@@ -10,28 +10,28 @@ hand. The launch is specialised as ``bdh_kernels.triton.lif`` launches a contigu
 or with ``--time-inside`` ``[B, H, T, N]`` (one program of 128 neurons, 4 warps; pointers 16-byte
 aligned, the inner size a multiple of 16). The segment loops are unrolled, so the instruction count
 divided by the segment length (32 steps) is the cost of a neuron-step, prologue and epilogue included.
+
+Triton is an extra (``pip install -e ".[triton]"``): it is imported once the arguments are parsed, so that
+``--help`` works without it.
 """
 import argparse
 import collections
+import contextlib
+import io
 import os
 import re
 import subprocess
 import tempfile
 import time
 
-if os.environ.get("TRITON_INTERPRET") == "1":
-    raise SystemExit("kernel_stats compiles the kernels: unset TRITON_INTERPRET")
-os.environ["TRITON_ALWAYS_COMPILE"] = "1"  # past Triton's cache, so that the compile time is measured
-
-import triton  # noqa: E402
-from triton.backends.compiler import GPUTarget  # noqa: E402
-from triton.compiler.compiler import ASTSource  # noqa: E402
-
-from bdh_kernels.lif import CHECKPOINT_EVERY  # noqa: E402
-from bdh_kernels.surrogate import SURROGATES  # noqa: E402
-from bdh_kernels.triton import lif as triton_lif  # noqa: E402
+from bdh_kernels.lif import CHECKPOINT_EVERY
+from bdh_kernels.surrogate import SURROGATES
 
 BLOCK_N, NUM_WARPS = 128, 4
+# the compute capabilities (x10) that Triton's NVIDIA backend compiles for, and its ptxas and cuobjdump
+# take: Turing (75) on; checked with Triton 3.9
+ARCHS = (75, 80, 86, 87, 89, 90, 100, 103, 110, 120, 121)
+MAXNREG_ENV = "BDH_KERNELS_TRITON_MAXNREG"  # bdh_kernels.triton.lif's, named without importing Triton
 TRITON_DTYPES = {"bfloat16": "bf16", "float16": "fp16", "float32": "fp32"}
 # pointer arguments in the input's dtype; the others are fp32 states, checkpoints and their gradients
 IO_POINTERS = {"x_ptr", "out_ptr", "grad_out_ptr", "grad_x_ptr"}
@@ -51,9 +51,9 @@ def parse_args(argv=None):
     ap.add_argument("--time-inside", action="store_true", help="neurons on both sides of time, as the "
                     "model's [B, heads, T, N] (default: time first, [T, B, N])")
     ap.add_argument("--maxnreg", type=_register_cap, default=None, metavar="R",
-                    help="cap on registers per thread, as $" f"{triton_lif.MAXNREG_ENV} "
-                    "(default: none, Triton's choice)")
-    ap.add_argument("--arch", type=int, default=90, help="compute capability x10 (default 90: H100/H200)")
+                    help=f"cap on registers per thread, as ${MAXNREG_ENV} (default: none, Triton's choice)")
+    ap.add_argument("--arch", type=int, default=90, choices=ARCHS, metavar="SM",
+                    help=f"compute capability x10, one of {', '.join(map(str, ARCHS))} (default 90: H100/H200)")
     ap.add_argument("--opcodes", type=int, default=0, metavar="K", help="also list the K most frequent opcodes")
     return ap.parse_args(argv)
 
@@ -73,9 +73,27 @@ def _constants(args, backward):
     return dict(flags, HAS_V_INIT=False, HAS_I_INIT=False)
 
 
+def _import_triton():
+    """Triton and its LIF kernels, compiled past Triton's cache (so that the compile time is measured); a
+    one-line error without Triton, or under its interpreter."""
+    if os.environ.get("TRITON_INTERPRET") == "1":
+        raise SystemExit("kernel_stats compiles the kernels: unset TRITON_INTERPRET")
+    os.environ["TRITON_ALWAYS_COMPILE"] = "1"
+    try:
+        import triton
+    except ImportError as e:
+        raise SystemExit(f'kernel_stats compiles the kernels with Triton, which is not importable here ({e}): '
+                         f'pip install -e ".[triton]"') from e
+    from bdh_kernels.triton import lif
+
+    return triton, lif
+
+
 def _source(kernel, constants, io_dtype):
     """An ASTSource for ``kernel``: its signature, constants and alignment attributes as a launch on a
     contiguous input makes them."""
+    from triton.compiler.compiler import ASTSource
+
     names = kernel.arg_names
     signature, consts, attrs = {}, {}, {}
     for index, name in enumerate(names):
@@ -100,6 +118,8 @@ def _source(kernel, constants, io_dtype):
 
 
 def _tool(name):
+    import triton
+
     path = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", name)
     if not os.path.exists(path):
         raise SystemExit(f"{name} is not in this Triton install ({path}): the NVIDIA backend's tools are needed")
@@ -112,9 +132,9 @@ def kernel_stats(kernel, constants, io_dtype, arch=90, maxnreg=None):
     options = dict(num_warps=NUM_WARPS, enable_fp_fusion=False)
     if maxnreg is not None:
         options["maxnreg"] = maxnreg
+    source = _source(kernel, constants, io_dtype)
     start = time.perf_counter()
-    compiled = triton.compile(_source(kernel, constants, io_dtype), target=GPUTarget("cuda", arch, 32),
-                              options=options)
+    compiled = _compile(source, arch, options, kernel.__name__)
     seconds = time.perf_counter() - start
     with tempfile.TemporaryDirectory() as tmp:
         cubin = os.path.join(tmp, "kernel.cubin")
@@ -131,8 +151,31 @@ def kernel_stats(kernel, constants, io_dtype, arch=90, maxnreg=None):
     return registers, stack, len(opcodes), collections.Counter(opcodes), seconds
 
 
+def _compile(source, arch, options, name):
+    """triton.compile for sm_<arch>, passing on what Triton prints; a failure is a one-line error, without
+    the listing of the code that Triton prints as it fails."""
+    import triton
+    from triton.backends.compiler import GPUTarget
+
+    printed = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(printed):
+            compiled = triton.compile(source, target=GPUTarget("cuda", arch, 32), options=options)
+    except Exception as e:  # Triton's compile errors share no base class
+        raise SystemExit(f"kernel_stats: compiling {name} for sm_{arch} failed: {_error_line(e)}") from e
+    print(printed.getvalue(), end="")
+    return compiled
+
+
+def _error_line(error):
+    """The line of a compile error that says what went wrong: ptxas's own, where there is one."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()] or [type(error).__name__]
+    return next((line for line in lines if line.startswith("ptxas")), lines[0])
+
+
 def main(argv=None):
     args = parse_args(argv)
+    triton, triton_lif = _import_triton()
     kernels = {"fwd": (triton_lif._lif_forward_kernel, False), "bwd": (triton_lif._lif_backward_kernel, True)}
     chosen = ("fwd", "bwd") if args.kernel == "both" else (args.kernel,)
     options = (f"{'[P, T, Q]' if args.time_inside else '[T, Q]'} input, {args.dtype}, {args.output} output, "

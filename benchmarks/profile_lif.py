@@ -15,6 +15,7 @@ import time
 import torch
 
 import bdh_kernels
+from bdh_kernels import backends as bdh_backends
 
 
 def _shape(text):
@@ -34,12 +35,23 @@ def _positive(text):
     return value
 
 
+def _device(text):
+    try:
+        device = torch.device(text)
+    except RuntimeError:
+        device = None
+    if device is None or device.type not in ("cpu", "cuda"):
+        raise argparse.ArgumentTypeError(f"--device takes cpu, cuda or cuda:INDEX, got {text!r}")
+    return device
+
+
 def parse_args(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--backend", default=None, help="bdh_kernels backend (default: the automatic choice)")
+    ap.add_argument("--backend", default=None, choices=bdh_backends.BACKENDS,
+                    help="bdh_kernels backend (default: the automatic choice)")
     ap.add_argument("--shape", type=_shape, default=(128, 32, 4096), help="[T, ...] sizes, time first")
     ap.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16", "float64"))
-    ap.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
+    ap.add_argument("--device", type=_device, default="cpu", help="cpu or cuda (default: cpu)")
     ap.add_argument("--output", default="spike", choices=("spike", "gated"), help="the op's output (default: spike)")
     ap.add_argument("--calls", type=_positive, default=20, help="calls timed, and calls profiled (default 20)")
     ap.add_argument("--rows", type=_positive, default=15, help="rows of each profiler table (default 15)")
@@ -48,9 +60,12 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
-    device = torch.device(args.device)
+    device = args.device
     if device.type == "cuda" and not torch.cuda.is_available():
         raise SystemExit("--device cuda: no CUDA device is available")
+    reason = args.backend and bdh_backends.unavailable_reason(args.backend, device)
+    if reason:
+        raise SystemExit(f"--backend {args.backend}: {reason}")
     gen = torch.Generator(device=device).manual_seed(0)
     x = (torch.randn(args.shape, generator=gen, device=device) * 1.5 + 0.6).to(getattr(torch, args.dtype))
     x.requires_grad_(True)

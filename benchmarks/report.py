@@ -10,7 +10,7 @@ Tables, per device / dtype / mode: the median (and min) in ms of each library on
 JSON's medians (not from numbers recorded elsewhere).
 
 The other report scripts (``python benchmarks/bench_stdp.py bench.json``, ``bench_model.py``) share this one's
-command line and file checks: :func:`report_main`.
+command line and file checks (:func:`report_main`) and its reading of the cases (:func:`load_cases`).
 """
 import argparse
 import json
@@ -52,26 +52,35 @@ def read_json(path) -> dict:
     return data
 
 
-def load(path):
-    """The JSON at path and its LIF cases, one row each; a LIF case without the fields the tables need
-    is a ReportError."""
+def load_cases(path, marker: str, kind: str, row):
+    """The JSON at path and row(extra_info, stats) of each of its cases whose extra_info holds marker. A
+    case lacking a field row reads (a KeyError or TypeError) is a ReportError naming the case, as a
+    ``kind`` benchmark."""
     data = read_json(path)
     rows = []
     for b in data.get("benchmarks", []):
         info = b.get("extra_info") or {}
-        if "library" not in info:
-            continue  # not a LIF case
+        if marker not in info:
+            continue
         try:
-            rows.append({
-                "device": info["device"], "dtype": info["dtype"], "mode": info["mode"],
-                "shape": tuple(info["shape"]), "library": info["library"], "full": info.get("full"),
-                "median_s": b["stats"]["median"], "min_s": b["stats"]["min"], "rounds": b["stats"]["rounds"],
-                "saved": info.get("saved_bytes_per_neuron_step"),
-            })
+            rows.append(row(info, b.get("stats", {})))
         except (KeyError, TypeError) as e:
-            raise ReportError(f"{path}: LIF benchmark {b.get('name', '?')!r} lacks a field the report needs "
+            raise ReportError(f"{path}: {kind} benchmark {b.get('name', '?')!r} lacks a field the report needs "
                               f"({type(e).__name__}: {e})") from e
     return data, rows
+
+
+def lif_row(info, stats) -> dict:
+    """The fields of a LIF case that the tables read."""
+    return {"device": info["device"], "dtype": info["dtype"], "mode": info["mode"], "shape": tuple(info["shape"]),
+            "library": info["library"], "full": info.get("full"), "median_s": stats["median"], "min_s": stats["min"],
+            "rounds": stats["rounds"], "saved": info.get("saved_bytes_per_neuron_step")}
+
+
+def load(path):
+    """The JSON at path and its LIF cases, one row each; a LIF case without the fields the tables need
+    is a ReportError."""
+    return load_cases(path, "library", "LIF", lif_row)
 
 
 def _libs(rows):
@@ -229,6 +238,7 @@ def gpu_goal_lines(rows):
 
 
 def plots(rows, folder):
+    """PNG charts of rows in folder (made by :func:`plot_folder`); the paths written."""
     try:
         import matplotlib
 
@@ -237,7 +247,6 @@ def plots(rows, folder):
     except ImportError:
         print("<!-- plots skipped: matplotlib is not installed (pip install matplotlib) -->", file=sys.stderr)
         return []
-    os.makedirs(folder, exist_ok=True)
     written = []
     groups = defaultdict(list)
     for r in rows:
@@ -291,6 +300,19 @@ def sweeps(rows):
     return {key: grp for key, (_, grp) in best.items()}
 
 
+def plot_folder(folder) -> None:
+    """Create the ``--plots`` folder (and its parents) if need be: a path that is not a writable folder
+    there is a ReportError."""
+    if os.path.exists(folder) and not os.path.isdir(folder):
+        raise ReportError(f"--plots {folder}: not a folder")
+    try:
+        os.makedirs(folder, exist_ok=True)
+    except OSError as e:
+        raise ReportError(f"--plots {folder}: cannot create the folder: {e.strerror or e}") from e
+    if not os.access(folder, os.W_OK):
+        raise ReportError(f"--plots {folder}: the folder is not writable")
+
+
 def sweep_plots(rows, folder, plt):
     """Log-log lines of median time against T and against N, one line per library."""
     written = []
@@ -328,14 +350,13 @@ def checked(ap: argparse.ArgumentParser, loader, path):
 
 
 def report_main(description: str, *tables, argv=None) -> None:
-    """The command line of a report script: ``SCRIPT bench.json`` prints each table(path) in turn. No
-    argument is a usage error (exit status 2); a file that is not a readable pytest-benchmark JSON, a
-    one-line error (exit status 1)."""
+    """The command line of a report script: ``SCRIPT bench.json`` prints each table(path) in turn, once all
+    are made. No argument is a usage error (exit status 2); a file that is not a readable pytest-benchmark
+    JSON, or a case lacking a field a table reads, a one-line error (exit status 1)."""
     ap = json_parser(description)
     path = ap.parse_args(argv).json
-    checked(ap, read_json, path)
-    for table in tables:
-        print(table(path))
+    for text in [checked(ap, table, path) for table in tables]:
+        print(text)
 
 
 def main(argv=None):
@@ -346,6 +367,8 @@ def main(argv=None):
     if not rows:
         print(f"no LIF benchmark in {args.json}", file=sys.stderr)
         return 1
+    if args.plots:
+        checked(ap, plot_folder, args.plots)  # before the tables: a bad folder is said alone
     print("\n".join(header_lines(data, rows) + [""] + goal_lines(rows) + gpu_goal_lines(rows) + tables(rows)))
     if args.plots:
         for path in plots(rows, args.plots):

@@ -3,6 +3,8 @@ import importlib.util
 import json
 import os
 import runpy
+import subprocess
+import sys
 
 import pytest
 
@@ -47,6 +49,28 @@ def test_report_prints_goals_and_writes_the_plots(tmp_path, capsys):
     assert "speedup over the fastest peer 3.50x" in out and "PASS" in out
     for name in ("lif_cpu_float32_time_vs_T.png", "lif_cpu_float32_time_vs_N.png"):
         assert (tmp_path / "plots" / name).stat().st_size > 1000
+
+
+@pytest.mark.parametrize("name", ["afile", "afile/plots"])
+def test_report_on_a_plot_path_that_is_no_folder_is_a_one_line_error(tmp_path, capsys, name):
+    path = fake_json(tmp_path / "bench.json")
+    (tmp_path / "afile").write_text("")
+    with pytest.raises(SystemExit) as exit_:
+        report.main([path, "--plots", str(tmp_path / name)])
+    assert exit_.value.code == 1
+    out, err = capsys.readouterr()
+    assert out == ""  # said before the tables
+    why = "not a folder" if name == "afile" else "cannot create the folder: Not a directory"
+    assert err.endswith(f": error: --plots {tmp_path / name}: {why}\n") and err.count("\n") == 1
+
+
+def test_report_on_a_plot_folder_that_is_not_writable_is_a_one_line_error(tmp_path, capsys, monkeypatch):
+    path = fake_json(tmp_path / "bench.json")
+    monkeypatch.setattr(report.os, "access", lambda path, mode: False)
+    with pytest.raises(SystemExit) as exit_:
+        report.main([path, "--plots", str(tmp_path)])
+    assert exit_.value.code == 1
+    assert capsys.readouterr().err.endswith(f": error: --plots {tmp_path}: the folder is not writable\n")
 
 
 def test_gpu_goal_lines_use_the_same_runs_floor_and_spikingjelly():
@@ -138,3 +162,35 @@ def test_report_scripts_check_their_argument(tmp_path, capsys, monkeypatch, name
     empty.write_text('{"benchmarks": []}')
     _run_script(name, [str(empty)], monkeypatch)
     assert f"no {'STDP' if name == 'bench_stdp.py' else 'model'} benchmark in {empty}" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("name, case, why", [
+    ("bench_stdp.py", {"name": "s", "extra_info": {"stdp_library": "bdh_cpp"}, "stats": {"median": 1}},
+     "STDP benchmark 's' lacks a field the report needs (KeyError: 'device')"),
+    ("bench_stdp.py", {"name": "p", "extra_info": {"spike_product": "mm"}, "stats": {"median": 1}},
+     "spike product benchmark 'p' lacks a field the report needs (KeyError: 'density')"),
+    ("bench_model.py", {"name": "m", "extra_info": {"model_case": "train_step", "full": True}, "stats": {"median": 1}},
+     "model benchmark 'm' lacks a field the report needs (KeyError: 'variant')"),
+    ("bench_model.py", {"name": "g", "extra_info": {"model_case": "generate", "full": True, "context": 8,
+                                                     "per_byte_s": 0.1}, "stats": {"median": 1}},
+     "model benchmark 'g' lacks a field the report needs (KeyError: 'rounds')"),
+])
+def test_report_scripts_name_a_case_lacking_a_field(tmp_path, capsys, monkeypatch, name, case, why):
+    path = tmp_path / "bench.json"
+    path.write_text(json.dumps({"benchmarks": [case]}))
+    with pytest.raises(SystemExit) as exit_:
+        _run_script(name, [str(path)], monkeypatch)
+    assert exit_.value.code == 1
+    assert capsys.readouterr() == ("", f"{name}: error: {path}: {why}\n")
+
+
+def test_benchmarks_start_without_pytest_benchmark():
+    """Without the plugin the timed cases are skipped, saying why; the others run."""
+    root = os.path.join(HERE, "..")
+    result = subprocess.run([sys.executable, "-m", "pytest", "-p", "no:benchmark", "-p", "no:cacheprovider", "-rs",
+                             "benchmarks/bench_lif.py::test_mode", "benchmarks/bench_stdp.py::test_stdp_cpu[floor]"],
+                            cwd=root, capture_output=True, text=True, timeout=300, check=False)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert 'pytest-benchmark is not loaded (pip install -e ".[test]" installs it): the benchmark cases are ' \
+        'skipped' in result.stdout
+    assert "1 passed, 1 skipped" in result.stdout

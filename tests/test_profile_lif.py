@@ -26,6 +26,9 @@ def test_profiles_the_op_and_reports_the_time_per_call(capsys):
     (["--calls", "0"], "must be >= 1"),
     (["--dtype", "int32"], "invalid choice"),
     (["--output", "voltage"], "invalid choice"),
+    (["--backend", "bogus"], "invalid choice"),
+    (["--device", "foo"], "--device takes cpu, cuda or cuda:INDEX, got 'foo'"),
+    (["--device", "meta"], "--device takes cpu, cuda or cuda:INDEX, got 'meta'"),
 ])
 def test_bad_arguments_are_usage_errors(argv, message, capsys):
     with pytest.raises(SystemExit) as exc:
@@ -39,3 +42,8 @@ def test_cuda_without_a_device_says_so():
         pytest.skip("a CUDA device is present")
     with pytest.raises(SystemExit, match="no CUDA device"):
         profile_lif.main(["--device", "cuda"])
+
+
+def test_a_backend_that_cannot_run_on_the_device_says_why():
+    with pytest.raises(SystemExit, match="--backend cuda: the cuda backend runs on CUDA tensors, got a cpu tensor"):
+        profile_lif.main(["--backend", "cuda", "--device", "cpu"])
