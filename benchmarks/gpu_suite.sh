@@ -17,10 +17,11 @@
 #   python benchmarks/bench_model.py DIR/model_gpu.json
 #
 # Usage: bash benchmarks/gpu_suite.sh [--goals|--tune] [DIR]     (default DIR: gpu-results)
-#   --goals: only what the goals need, the shortest run that checks them (no CUDA build): the Triton
-#   no-recompile tests, LIF fwd+bwd at the goal shapes [128|256, 32, 131072] for the floor, bdh_triton and
-#   SpikingJelly in fp32 and bf16, the model tiers with their goal lines, and where the fixed cost of a
-#   small bdh_triton call goes (benchmarks/profile_lif.py).
+#   --goals: only what the goals need, the shortest run that checks them (no CUDA build), in this order:
+#   LIF fwd+bwd at the goal shapes [128|256, 32, 131072] for the floor, bdh_triton and SpikingJelly in fp32
+#   and bf16, the model tiers with their goal lines, the Triton no-recompile tests, and where the fixed
+#   cost of a small bdh_triton call goes (benchmarks/profile_lif.py); about 10 minutes with a cold Triton
+#   cache (DEADLINE=540 keeps it inside one 10-minute command, dropping the last parts if need be).
 #   --tune: the triton LIF fwd+bwd in bf16 at [128, 32, 131072], spike and gated output, under each register
 #   cap BDH_KERNELS_TRITON_MAXNREG in TUNE_MAXNREG (default: none, 128, 96, 80), to choose the kernels' default.
 #   PYTHON (default python3), DEADLINE, BENCH_MAX_TIME (pytest-benchmark's --benchmark-max-time, default 0.3 s)
@@ -88,12 +89,13 @@ if ((tune)); then
 fi
 
 if ((goals)); then
-  run tests_recompile 240 "$PYTHON" -m pytest "${tests[@]}" -k "triton and recompile" -q -rs
-  run profile_lif 120 "$PYTHON" benchmarks/profile_lif.py --backend triton --shape 128,32,4096 --dtype bfloat16 \
-    --device cuda
+  # the goals' numbers first, so that a short DEADLINE (e.g. 540 for one 10-minute command) cuts the extras
   run bench_lif 240 "${bench[@]}" benchmarks/bench_lif.py --benchmark-json="$out/lif_gpu.json" \
     -k "gpu and bwd and (T128xB32xN131072 or T256xB32xN131072) and (floor_4_clones or bdh_triton or spikingjelly) or mode"
   run bench_model 160 "${bench[@]}" benchmarks/bench_model.py -k "tier or goals" --benchmark-json="$out/model_gpu.json"
+  run tests_recompile 150 "$PYTHON" -m pytest "${tests[@]}" -k "triton and recompile" -q -rs
+  run profile_lif 60 "$PYTHON" benchmarks/profile_lif.py --backend triton --shape 128,32,4096 --dtype bfloat16 \
+    --device cuda
   log "done"
   exit 0
 fi
