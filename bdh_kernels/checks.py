@@ -63,5 +63,5 @@ def reject_forward_ad(op, backend, *tensors, reference_has_it=False):
     if any(t is not None and forward_ad.unpack_dual(t).tangent is not None for t in tensors):
         raise NotImplementedError(
             f"{op}: forward-mode AD (torch.func.jvp / jacfwd, forward_ad dual tensors) is not supported by the "
-            f"{backend} backend; use reverse mode (backward, torch.func.grad / jacrev)"
+            f"{backend} backend; use reverse mode (.backward() or torch.autograd.grad)"
             + (" or backend='reference'" if reference_has_it else ""))

@@ -3,10 +3,11 @@
 The kernels take ``x3 = [P, T, Q]`` of any strides and number the neurons ``n = p * Q + q``; their state
 vectors are ``[P * Q]`` in that order. :func:`as_ptq` finds such a view of ``x`` without copying whenever
 the memory allows: first in x's own dim order (P = the dims before time, Q = those after), else with the
-neuron dims put in memory order (largest stride first). The op is elementwise over neurons, so their order
-is free, and every dense layout (a batch-first tensor transposed to time-first, channels_last) views that
-way; only overlapping or expanded inputs are copied. The returned :class:`Layout` maps the kernels'
-outputs and states back to x's shape.
+neuron dims put in memory order (largest stride first) and time among them. The op is elementwise over
+neurons, so their order is free: every dense layout (a batch-first tensor transposed to time-first,
+channels_last), slices and expanded inputs view that way; only when no dim order does (the neurons'
+strides interleave with time's, or their dims overlap in memory) is x copied. The returned
+:class:`Layout` maps the kernels' outputs and states back to x's shape.
 """
 import math
 from typing import NamedTuple
@@ -24,7 +25,7 @@ class Layout(NamedTuple):
     swapped: bool
 
     def output(self, out3: torch.Tensor) -> torch.Tensor:
-        """A kernel's ``[P, T, Q]`` output as a tensor shaped like x (in x's memory order)."""
+        """A kernel's contiguous ``[P, T, Q]`` output as a tensor shaped like x (laid out as the view's dims)."""
         out3 = out3.permute(2, 1, 0) if self.swapped else out3
         return out3.view([self.shape[d] for d in self.order]).permute(_inverse(self.order))
 
@@ -54,30 +55,51 @@ def _inverse(order):
     return inverse
 
 
-def _as_3d(x: torch.Tensor, order, time_dim: int, copy: bool = False):
-    """x's dims in ``order`` as ``[P, T, Q]`` (P: the dims before time, Q: after); None when that is not a
-    view of x, unless ``copy``."""
-    xp = x.permute(order)
+def _merges(x: torch.Tensor, dims) -> bool:
+    """Whether x's ``dims``, in this order, flatten into one strided dim without a copy (size-1 dims have
+    no say; an empty tensor views any way). Decided from sizes and strides, not by trying ``view``:
+    torch.compile cannot trace the exception a failed view raises."""
+    if x.numel() == 0:
+        return True
+    dims = [d for d in dims if x.shape[d] != 1]
+    return all(x.stride(a) == x.stride(b) * x.shape[b] for a, b in zip(dims, dims[1:]))
+
+
+def _views(x: torch.Tensor, order, time_dim: int) -> bool:
+    """Whether x's dims in ``order`` view as ``[P, T, Q]`` (P: the dims before time, Q: after)."""
     time_pos = order.index(time_dim)
-    shape = (math.prod(xp.shape[:time_pos]), x.shape[time_dim], math.prod(xp.shape[time_pos + 1:]))
-    if copy:
-        return xp.reshape(shape)
-    try:
-        return xp.view(shape)
-    except RuntimeError:
-        return None
+    return _merges(x, order[:time_pos]) and _merges(x, order[time_pos + 1:])
+
+
+def _orders(x: torch.Tensor, time_dim: int):
+    """The dim orders to try, best first: x's own; then the neuron dims in memory order (largest stride
+    first; size-1 dims last, their stride has no say) with time before the first, second, ... of them (Q
+    the innermost dims that merge, P the rest: the kernels take any strides for P, T and Q)."""
+    yield tuple(range(x.dim()))
+    neurons = []
+    for d in (d for d in range(x.dim()) if d != time_dim):  # an insertion sort: under torch.compile the
+        at = len(neurons)                                      # strides may be symbols, which `sorted`
+        while at and _outer(x, d, neurons[at - 1]):            # cannot take as keys but `>` compares
+            at -= 1
+        neurons.insert(at, d)
+    for k in range(len(neurons) + 1):
+        yield tuple(neurons[:k]) + (time_dim,) + tuple(neurons[k:])
+
+
+def _outer(x: torch.Tensor, a: int, b: int) -> bool:
+    """Whether dim a comes before dim b in memory order: a larger stride, and size-1 dims last."""
+    return x.shape[a] != 1 and (x.shape[b] == 1 or x.stride(a) > x.stride(b))
 
 
 def as_ptq(x: torch.Tensor, time_dim: int):
-    """``(x3, layout)``: x as a ``[P, T, Q]`` tensor, a view unless x overlaps itself or is expanded."""
-    order = tuple(range(x.dim()))
-    x3 = _as_3d(x, order, time_dim)
-    if x3 is None:
-        # memory order: largest stride first; a size-1 dim has no stride that matters (it sorts last)
-        order = tuple(sorted(order, key=lambda d: -x.stride(d) if x.shape[d] > 1 else 0))
-        x3 = _as_3d(x, order, time_dim)
-    if x3 is None:  # overlapping or expanded: one copy
-        order = tuple(range(x.dim()))
-        x3 = _as_3d(x, order, time_dim, copy=True)
+    """``(x3, layout)``: x as a ``[P, T, Q]`` tensor, a view unless no dim order makes one (the neurons'
+    strides interleave with time's, or their dims overlap in memory): then one copy."""
+    order = next((o for o in _orders(x, time_dim) if _views(x, o, time_dim)), None)
+    copy = order is None
+    order = tuple(range(x.dim())) if copy else order
+    xp = x.permute(order)
+    time_pos = order.index(time_dim)
+    shape = (math.prod(xp.shape[:time_pos]), x.shape[time_dim], math.prod(xp.shape[time_pos + 1:]))
+    x3 = xp.reshape(shape) if copy else xp.view(shape)
     swapped = x3.shape[2] == 1 and x3.shape[0] > 1  # neurons all before time: make them the inner dim
-    return (x3.permute(2, 1, 0) if swapped else x3), Layout(x.shape, order, order.index(time_dim), swapped)
+    return (x3.permute(2, 1, 0) if swapped else x3), Layout(x.shape, order, time_pos, swapped)

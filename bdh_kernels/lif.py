@@ -4,7 +4,8 @@ Kernel contract (shared by the C++, CUDA and Triton backends; ``reference.lif`` 
 ---------------------------------------------------------------------------------------------------
 The Python wrapper views the input as ``x3 = [P, T, Q]`` (:func:`bdh_kernels.layout.as_ptq`): P = product
 of the dims before time, Q = product of the dims after, in x's dim order or, when that is no view of x,
-with the neuron dims in memory order (any strides; only an overlapping or expanded input is copied, once).
+with the neuron dims in memory order and time among them (any strides; x is copied, once, only when no
+order gives such a view).
 When Q == 1 and P > 1 it relabels the view as ``[1, T, P]`` so the neuron stride is the small one. Neuron
 ``n = p * Q + q``.
 

@@ -3,7 +3,7 @@
 Kernel contract (shared by the C++, CUDA and Triton backends; ``reference.stdp_traces`` is the ground truth)
 ----------------------------------------------------------------------------------------------------------
 The wrapper views the spikes as ``[P, T, Q]`` exactly as :mod:`bdh_kernels.lif` does
-(:func:`bdh_kernels.layout.as_ptq`: any strides, a copy only for overlapping or expanded spikes, ``[1, T, P]``
+(:func:`bdh_kernels.layout.as_ptq`: any strides, a copy only when no dim order views them, ``[1, T, P]``
 when Q == 1). Neuron ``n = p * Q + q``.
 
 ``stdp_trace_forward(spikes, trace_init, tau) -> (traces, trace_final)``

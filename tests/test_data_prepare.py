@@ -12,7 +12,7 @@ from collections import Counter
 import pytest
 
 from bdh.data import TASKS, Record, load_splits, normalise, prepare
-from bdh.data.prepare import DEFAULT_SOURCES, STARTER_DIR, PrepareError, split_records
+from bdh.data.prepare import DEFAULT_SOURCES, STARTER_DIR, PrepareError, Splits, cap_splits, split_records
 from bdh.data.records import read_records, write_atomic
 from bdh.data.sources import SOURCES
 
@@ -82,6 +82,13 @@ def test_a_capped_task_keeps_its_val_split(tmp_path, val_fraction):
         assert entry["train"] + entry["val"] == 400, task
         assert entry["val"] == pytest.approx(400 * val_fraction, abs=1), task
     assert_no_val_prompt_in_train(load_splits(str(tmp_path / "out")))
+
+
+@pytest.mark.parametrize("limit, val_fraction, train, val", [(1, 0.1, 1, 0), (2, 0.1, 1, 1), (10, 0.1, 9, 1),
+                                                             (10, 0.2, 8, 2), (2, 0.9, 1, 1)])
+def test_a_small_cap_keeps_a_train_record(limit, val_fraction, train, val):
+    capped = cap_splits(Splits(list(range(100)), list(range(100, 108))), limit, val_fraction)
+    assert (len(capped.train), len(capped.val)) == (train, val)
 
 
 def test_cli_prepare_offline_and_help(tmp_path):

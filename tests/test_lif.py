@@ -2,6 +2,7 @@
 import importlib
 import importlib.util
 import math
+import random
 
 import numpy as np
 import pytest
@@ -172,11 +173,13 @@ def saved_bytes_beyond_input(fn, x):
 
 
 # layouts of a [T=128, 4 * 33 neurons] input that x's own dim order cannot view as [P, T, Q]; in memory
-# order they can, so nothing is copied: batch-first transposed to time-first, and a 4-dim permutation
+# order they can, so nothing is copied: batch-first transposed to time-first, a 4-dim permutation, and a
+# slice of the neurons (whose batch dim then cannot merge with them: time goes between)
 LAYOUTS = {
     "time_first": lambda x: x,
     "batch_first_transposed": lambda x: x.transpose(0, 1).contiguous().transpose(0, 1),
     "permuted_4d": lambda x: x.view(128, 4, 3, 11).permute(2, 0, 3, 1).contiguous().permute(1, 3, 0, 2),
+    "sliced_neurons": lambda x: torch.cat([x, x], -1)[..., ::2],  # [T, B, N] with N's stride 2: T and B
 }
 
 
@@ -252,8 +255,6 @@ def test_compile_fullgraph_without_graph_breaks():
     torch.testing.assert_close(compiled(x_of((23, 3, 8)), w), model(x_of((23, 3, 8)), w))
 
 
-@pytest.mark.slow
-@needs_cpp
 @needs_cpp
 def test_compile_dynamic_with_the_parameters_as_symbols():
     """dynamic=True makes the module's float attributes and lif's default floats symbolic (SymFloat): the
@@ -275,9 +276,63 @@ def test_forward_mode_ad_is_refused(backend):
     v0 = torch.zeros(2, 3)
     with forward_ad.dual_level(), pytest.raises(NotImplementedError, match="forward-mode AD"):
         bdh_kernels.lif(x, v_init=forward_ad.make_dual(v0, torch.ones_like(v0)), backend=backend)
-    torch.func.vmap(lambda x: bdh_kernels.lif(x, backend=backend), in_dims=1)(x)  # other transforms still run
+    # other transforms still run
+    vmapped = torch.func.vmap(lambda x: bdh_kernels.lif(x, backend=backend), in_dims=1, out_dims=1)(x)
+    assert torch.equal(vmapped, bdh_kernels.lif(x, backend="reference"))
 
 
+def random_layout(rng):
+    """A small fp64 tensor in a random layout: permuted, sliced with steps, sometimes expanded, with size-1
+    dims; and a random time_dim (negative sometimes)."""
+    shape = [rng.choice([1, 2, 3, 5]) for _ in range(rng.randint(1, 5))]
+    perm = rng.sample(range(len(shape)), len(shape))
+    steps = [rng.choice([1, 1, 2]) for _ in shape]
+    base = torch.randn([shape[d] * steps[d] + 1 for d in perm], dtype=torch.float64) * 2
+    x = base.permute([perm.index(d) for d in range(len(shape))])
+    x = x[tuple(slice(1, 1 + n * k, k) for n, k in zip(shape, steps))]
+    if rng.random() < 0.2 and len(shape) > 1:
+        d = rng.randrange(len(shape))
+        x = x.narrow(d, 0, 1).expand(shape)
+    return x, rng.randrange(len(shape)) - (len(shape) if rng.random() < 0.3 else 0)
+
+
+@needs_cpp
+@pytest.mark.parametrize("seed", range(40))
+def test_random_layouts_give_the_reference_results(seed):
+    """Outputs, final states and gradients (x, v_init, i_init) in random layouts equal the reference's, for
+    lif and stdp_traces."""
+    rng = random.Random(seed)
+    x, time_dim = random_layout(rng)
+    state_shape = x.shape[:time_dim % x.dim()] + x.shape[time_dim % x.dim() + 1:]
+    v0, i0 = torch.randn(state_shape, dtype=torch.float64), torch.randn(state_shape, dtype=torch.float64)
+    grad_out = torch.randn(x.shape, dtype=torch.float64)
+    results = []
+    for backend in ("cpp", "reference"):
+        leaves = [t.detach().requires_grad_(True) for t in (x, v0, i0)]
+        out, state = bdh_kernels.lif(leaves[0], v_threshold=0.5, tau_syn=3.0, time_dim=time_dim, v_init=leaves[1],
+                                     i_init=leaves[2], output="gated", return_state=True, backend=backend)
+        grads = torch.autograd.grad((out * grad_out).sum() + state.v.sum() + state.i.square().sum(), leaves)
+        traces = bdh_kernels.stdp_traces(x, 3.0, time_dim=time_dim, trace_init=v0, return_state=True,
+                                         backend=backend)
+        results.append((out, state.v, state.i, *grads, *traces))
+    for got, want in zip(*results):
+        torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+
+
+@needs_cpp
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_compile_with_an_input_that_views_only_in_memory_order(layout):
+    """The layout search decides from strides (torch.compile cannot trace a failed view's exception)."""
+    x = LAYOUTS[layout](x_of((128, 4, 33))).detach().requires_grad_(True)
+    compiled = torch.compile(lambda x: bdh_kernels.lif(x, tau_syn=2.0), fullgraph=True, backend="aot_eager")
+    out = compiled(x)
+    torch.testing.assert_close(out, bdh_kernels.lif(x, tau_syn=2.0))
+    (grad,) = torch.autograd.grad(out.sum(), x)
+    torch.testing.assert_close(grad, torch.autograd.grad(bdh_kernels.lif(x, tau_syn=2.0).sum(), x)[0])
+
+
+@pytest.mark.slow
+@needs_cpp
 def test_compile_with_inductor():
     def model(x, w):
         return bdh_kernels.lif(x @ w, v_reset=None).sum()

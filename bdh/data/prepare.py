@@ -153,10 +153,12 @@ def in_val(split_key: str, val_fraction: float) -> bool:
 
 def cap_splits(splits: Splits, limit: Optional[int], val_fraction: float) -> Splits:
     """At most limit records in all, val_fraction of them (rounded up) from val where it has that many:
-    capping after the split, not before, so that a capped task keeps its val records."""
+    capping after the split, not before, so that a capped task keeps its val records; train keeps at
+    least one record where it has one (the trainer samples train)."""
     if limit is None or len(splits.train) + len(splits.val) <= limit:
         return splits
-    n_val = min(len(splits.val), max(math.ceil(limit * val_fraction), limit - len(splits.train)))
+    n_val = min(len(splits.val), max(math.ceil(limit * val_fraction), limit - len(splits.train)),
+                limit - min(1, len(splits.train)))
     return Splits(splits.train[:limit - n_val], splits.val[:n_val])
 
 
