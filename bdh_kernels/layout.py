@@ -27,17 +27,17 @@ class Layout(NamedTuple):
     def output(self, out3: torch.Tensor) -> torch.Tensor:
         """A kernel's contiguous ``[P, T, Q]`` output as a tensor shaped like x (laid out as the view's dims)."""
         out3 = out3.permute(2, 1, 0) if self.swapped else out3
-        return out3.view([self.shape[d] for d in self.order]).permute(_inverse(self.order))
+        return _unpermute(out3.view([self.shape[d] for d in self.order]), self.order)
 
     def flat_state(self, state: torch.Tensor) -> torch.Tensor:
         """A state shaped like x without its time dim as the kernels' contiguous ``[P * Q]``."""
-        return state.permute(self._neuron_order()).reshape(-1).contiguous()
+        return _permute(state, self._neuron_order()).reshape(-1).contiguous()
 
     def state(self, flat: torch.Tensor) -> torch.Tensor:
         """The kernels' ``[P * Q]`` state shaped like x without its time dim."""
         order = self._neuron_order()
         state_shape = self.shape[:self.time_dim] + self.shape[self.time_dim + 1:]
-        return flat.view([state_shape[d] for d in order]).permute(_inverse(order))
+        return _unpermute(flat.view([state_shape[d] for d in order]), order)
 
     @property
     def time_dim(self) -> int:
@@ -48,11 +48,19 @@ class Layout(NamedTuple):
         return tuple(d - (d > self.time_dim) for d in self.order if d != self.time_dim)
 
 
-def _inverse(order):
+# x's own order is the common case: no permute then (each costs microseconds on small per-step calls)
+def _permute(t: torch.Tensor, order) -> torch.Tensor:
+    return t if order == tuple(range(len(order))) else t.permute(order)
+
+
+def _unpermute(t: torch.Tensor, order) -> torch.Tensor:
+    """Undo ``_permute(., order)``."""
+    if order == tuple(range(len(order))):
+        return t
     inverse = [0] * len(order)
     for i, d in enumerate(order):
         inverse[d] = i
-    return inverse
+    return t.permute(inverse)
 
 
 def _merges(x: torch.Tensor, dims) -> bool:
@@ -97,7 +105,7 @@ def as_ptq(x: torch.Tensor, time_dim: int):
     order = next((o for o in _orders(x, time_dim) if _views(x, o, time_dim)), None)
     copy = order is None
     order = tuple(range(x.dim())) if copy else order
-    xp = x.permute(order)
+    xp = _permute(x, order)
     time_pos = order.index(time_dim)
     shape = (math.prod(xp.shape[:time_pos]), x.shape[time_dim], math.prod(xp.shape[time_pos + 1:]))
     x3 = xp.reshape(shape) if copy else xp.view(shape)
