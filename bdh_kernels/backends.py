@@ -20,6 +20,9 @@ BACKENDS = ("triton", "cuda", "cpp", "reference")
 PREFERENCE = {"cuda": ("triton", "cuda", "reference"), "cpu": ("cpp", "reference")}
 ENV_VAR = "BDH_KERNELS_BACKEND"
 TRITON_MIN_VERSION = (3, 2)  # the kernels hold a segment in tuples of tensors (tl.tuple, new in 3.2)
+# caps the registers per thread of the triton LIF kernels (bdh_kernels.triton.lif); named here, where
+# importing it needs no Triton (benchmarks/kernel_stats.py reads it before Triton is imported)
+TRITON_MAXNREG_ENV = "BDH_KERNELS_TRITON_MAXNREG"
 
 log = logging.getLogger("bdh_kernels")
 

@@ -24,6 +24,7 @@ import subprocess
 import tempfile
 import time
 
+from bdh_kernels.backends import TRITON_MAXNREG_ENV as MAXNREG_ENV
 from bdh_kernels.lif import CHECKPOINT_EVERY
 from bdh_kernels.surrogate import SURROGATES
 
@@ -31,7 +32,6 @@ BLOCK_N, NUM_WARPS = 128, 4
 # the compute capabilities (x10) that Triton's NVIDIA backend compiles for, and its ptxas and cuobjdump
 # take: Turing (75) on; checked with Triton 3.9
 ARCHS = (75, 80, 86, 87, 89, 90, 100, 103, 110, 120, 121)
-MAXNREG_ENV = "BDH_KERNELS_TRITON_MAXNREG"  # bdh_kernels.triton.lif's, named without importing Triton
 TRITON_DTYPES = {"bfloat16": "bf16", "float16": "fp16", "float32": "fp32"}
 # pointer arguments in the input's dtype; the others are fp32 states, checkpoints and their gradients
 IO_POINTERS = {"x_ptr", "out_ptr", "grad_out_ptr", "grad_x_ptr"}

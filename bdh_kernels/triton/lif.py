@@ -55,6 +55,7 @@ import torch
 import triton
 import triton.language as tl
 
+from .. import backends
 from ..lif import BACKWARD_SCHEMA, CHECKPOINT_EVERY, FORWARD_SCHEMA, num_checkpoints
 from ..reference import lif_constants
 
@@ -360,7 +361,7 @@ def _sm_count(device: torch.device) -> int:
     return torch.cuda.get_device_properties(device).multi_processor_count
 
 
-MAXNREG_ENV = "BDH_KERNELS_TRITON_MAXNREG"
+MAXNREG_ENV = backends.TRITON_MAXNREG_ENV
 
 
 def _register_cap() -> dict:
